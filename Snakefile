@@ -1,0 +1,28 @@
+# sparse-ulm: one pipeline from a vascular graph to ULM density maps (see README.md, DESIGN.md).
+import sys
+
+sys.path.insert(0, workflow.basedir)
+
+from snakemake.exceptions import WorkflowError
+
+from ulm.config import validate_config
+from ulm.errors import UlmError
+
+
+configfile: "config.yaml"
+
+
+try:
+    config.update(validate_config(config))  # fills every default, rejects unknown or mistyped keys
+except UlmError as exc:
+    raise WorkflowError(str(exc)) from None
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/simulation.smk"
+
+
+rule all:
+    input:
+        all_outputs(),
+    default_target: True

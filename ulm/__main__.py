@@ -1,0 +1,3 @@
+from ulm.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,111 @@
+"""Load and validate the pipeline configuration against the one schema.
+
+The schema (``ulm/config.schema.yaml``, linked from ``workflow/schemas/``) is the single source of
+truth: both the Snakefile and the CLI call :func:`validate_config`, so both fill the same defaults
+and reject the same mistakes with the same one-line message.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from ulm.errors import UlmError
+
+
+@cache
+def schema() -> dict:
+    """The configuration JSON schema as a dict."""
+    text = resources.files("ulm").joinpath("config.schema.yaml").read_text()
+    return yaml.safe_load(text)
+
+
+def _fill_defaults(cfg: dict, sch: dict) -> None:
+    """Fill missing keys of ``cfg`` (in place) from the ``default`` fields of ``sch``."""
+    for key, sub in sch.get("properties", {}).items():
+        if key not in cfg and "default" in sub:
+            cfg[key] = copy.deepcopy(sub["default"])
+        if isinstance(cfg.get(key), dict) and "properties" in sub:
+            _fill_defaults(cfg[key], sub)
+
+
+def _describe(error: jsonschema.ValidationError) -> str:
+    path = ".".join(str(p) for p in error.absolute_path) or "<top level>"
+    if error.validator == "additionalProperties":
+        allowed = sorted(error.schema.get("properties", {}))
+        extra = sorted(set(error.instance) - set(allowed))
+        return f"config key {path}: unknown key(s) {extra}; allowed: {allowed}"
+    return f"config key {path}: {error.message}"
+
+
+def validate_config(cfg: dict) -> dict:
+    """Return a validated copy of ``cfg`` with every default filled in.
+
+    Raises
+    ------
+    UlmError
+        Naming the first offending key and what was expected.
+    """
+    if not isinstance(cfg, dict):
+        raise UlmError(f"config must be a mapping of sections, got {type(cfg).__name__}")
+    out = copy.deepcopy(cfg)
+    _fill_defaults(out, schema())
+    validator = jsonschema.Draft202012Validator(schema())
+    errors = sorted(validator.iter_errors(out), key=lambda e: (len(e.absolute_path), str(e.absolute_path)))
+    if errors:
+        raise UlmError(_describe(errors[0]))
+    return out
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """Parse ``section.key=value`` (value in YAML) into a key path and a value."""
+    key, sep, value = item.partition("=")
+    if not sep or not key.strip():
+        raise UlmError(f"--set {item!r}: expected section.key=value")
+    try:
+        parsed = yaml.safe_load(value)
+    except yaml.YAMLError as exc:
+        raise UlmError(f"--set {item!r}: value is not valid YAML ({exc.problem})") from None
+    return key.strip().split("."), parsed
+
+
+def apply_overrides(cfg: dict, overrides: list[str]) -> dict:
+    """Return ``cfg`` with each ``section.key=value`` override applied (a whole section may be set)."""
+    out = copy.deepcopy(cfg)
+    for item in overrides:
+        path, value = parse_override(item)
+        node = out
+        for part in path[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise UlmError(f"--set {item!r}: {part} is not a section")
+            node = child
+        node[path[-1]] = value
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> dict:
+    """Read a YAML config (or start empty), apply overrides, validate and fill defaults."""
+    cfg: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise UlmError(f"config file {path}: not found")
+        try:
+            cfg = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise UlmError(f"config file {path}: not valid YAML ({exc})") from None
+    return validate_config(apply_overrides(cfg, list(overrides)))
+
+
+def derive_seed(seed: int, *labels: object) -> int:
+    """A 63-bit seed derived deterministically from the master seed and labels (stage, wildcards)."""
+    text = "/".join([str(seed), *map(str, labels)])
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") >> 1

@@ -1,0 +1,95 @@
+"""Figures a person looks at after each stage (PNG, written atomically)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.collections import LineCollection  # noqa: E402
+from matplotlib.colors import LogNorm  # noqa: E402
+
+from ulm.store import Flow, Graph, Tracks, atomic_path  # noqa: E402
+
+
+def _save(fig: plt.Figure, path: str | Path) -> None:
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight", format=path.suffix.lstrip(".") or "png")
+    plt.close(fig)
+
+
+def velocity_summary(graph: Graph, flow: Flow) -> dict:
+    """Median |v_mean| (mm/s) per vessel type, and the number of edges of each type."""
+    speed = np.abs(flow.v_mean_mm_s)
+    out = {}
+    for kind in ("artery", "capillary", "vein", "unknown"):
+        sel = graph.vessel_type == kind
+        if sel.any():
+            out[kind] = {"median_v_mm_s": float(np.median(speed[sel])), "n_edges": int(sel.sum())}
+    return out
+
+
+def plot_flow(graph: Graph, flow: Flow, path: str | Path) -> None:
+    """Graph projected on the x-z plane coloured by |v_mean|, and the capillary velocity histogram."""
+    speed = np.abs(flow.v_mean_mm_s)
+    fig, (ax_map, ax_hist) = plt.subplots(1, 2, figsize=(12, 5), gridspec_kw={"width_ratios": [1.2, 1]})
+    segments = graph.pos_um[graph.edges][:, :, [0, 2]]
+    positive = speed[speed > 0]
+    norm = LogNorm(vmin=max(np.percentile(positive, 2), 1e-3), vmax=np.percentile(positive, 99.5)) if len(positive) else None
+    order = np.argsort(speed)  # fast vessels on top
+    lines = LineCollection(segments[order], cmap="inferno", norm=norm, linewidths=0.4 + graph.diam_um[order] / 15)
+    lines.set_array(np.maximum(speed[order], 1e-6))
+    ax_map.add_collection(lines)
+    ax_map.set_xlim(segments[..., 0].min(), segments[..., 0].max())
+    ax_map.set_ylim(segments[..., 1].max(), segments[..., 1].min())  # depth down
+    ax_map.set_aspect("equal")
+    ax_map.set_facecolor("0.15")
+    ax_map.set_xlabel("x (um)")
+    ax_map.set_ylabel("z, depth (um)")
+    ax_map.set_title("Mean velocity, projected along y")
+    fig.colorbar(lines, ax=ax_map, label="|v_mean| (mm/s)")
+    summary = velocity_summary(graph, flow)
+    cap = speed[graph.vessel_type == "capillary"]
+    if len(cap) and cap.max() > 0:
+        bins = np.logspace(np.log10(max(cap[cap > 0].min(), 1e-4)), np.log10(cap.max()), 50)
+        ax_hist.hist(cap[cap > 0], bins=bins, color="tab:blue")
+        ax_hist.set_xscale("log")
+        ax_hist.axvline(np.median(cap), color="k", ls="--", label=f"median {np.median(cap):.2f} mm/s")
+        ax_hist.axvspan(0.5, 3.0, color="tab:green", alpha=0.15, label="physiological 0.5-3 mm/s")
+        ax_hist.legend(loc="upper left")
+    medians = ", ".join(f"{k} {v['median_v_mm_s']:.2f}" for k, v in summary.items())
+    ax_hist.set_xlabel("capillary |v_mean| (mm/s)")
+    ax_hist.set_ylabel("edges")
+    ax_hist.set_title(f"Capillary velocities\nmedian |v_mean| (mm/s): {medians}", fontsize=10)
+    _save(fig, path)
+
+
+def plot_tracks(tracks: Tracks, target_count: int, path: str | Path, max_frames: int = 1000) -> None:
+    """Trajectories of the first frames (x-z projection) and the MB count per frame."""
+    n_show = min(tracks.n_frames, max_frames)
+    rows = slice(0, int(tracks.frame_offsets[n_show]))
+    pos, ids = tracks.pos_um[rows], tracks.bubble[rows]
+    fig, (ax_tr, ax_n) = plt.subplots(1, 2, figsize=(12, 5), gridspec_kw={"width_ratios": [1.2, 1]})
+    order = np.lexsort((np.arange(len(ids)), ids))
+    pos, ids = pos[order], ids[order]
+    breaks = np.flatnonzero(np.diff(ids)) + 1
+    for part in np.split(np.arange(len(ids)), breaks):
+        ax_tr.plot(pos[part, 0], pos[part, 2], lw=0.6)
+    ax_tr.invert_yaxis()
+    ax_tr.set_aspect("equal")
+    ax_tr.set_xlabel("x (um)")
+    ax_tr.set_ylabel("z, depth (um)")
+    ax_tr.set_title(f"Ground-truth tracks, first {n_show} frames")
+    rate = tracks.attrs.get("frame_rate_hz", 1.0)
+    t_s = np.arange(tracks.n_frames) / rate
+    ax_n.axhline(target_count, color="k", ls="--", label=f"target {target_count}")
+    ax_n.plot(t_s, np.diff(tracks.frame_offsets), lw=1.5, color="tab:red", label="MBs in the volume")
+    ax_n.set_ylim(0, 1.5 * target_count + 1)
+    ax_n.set_xlabel("time (s)")
+    ax_n.set_ylabel("MB count per frame")
+    ax_n.legend()
+    _save(fig, path)

@@ -1,0 +1,260 @@
+"""The data contract in code: one typed reader and one atomic writer per Zarr store kind.
+
+No other module opens Zarr by hand. Every store is written to ``<path>.tmp`` and renamed into
+place only when complete, so an interrupted or failed stage never leaves a store a rerun would
+trust. See DESIGN.md, "Data contract", for the layouts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import zarr
+from zarr.codecs import BloscCodec
+
+import ulm
+from ulm.errors import UlmError
+
+COMPRESSOR = BloscCodec(cname="zstd", clevel=5, shuffle="bitshuffle")
+VESSEL_TYPES = ("artery", "capillary", "vein", "unknown")
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary sibling path; rename it onto ``path`` only if the block succeeds."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    remove_path(tmp)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        yield tmp
+    except BaseException:
+        remove_path(tmp)
+        raise
+    remove_path(path)
+    os.replace(tmp, path)
+
+
+def remove_path(path: Path) -> None:
+    """Delete a file, link or directory tree if it exists."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+def _new_group(path: Path, attrs: dict) -> zarr.Group:
+    group = zarr.open_group(str(path), mode="w", zarr_format=3)
+    group.attrs.update({"ulm_version": ulm.__version__, **attrs})
+    return group
+
+
+def _put(group: zarr.Group, name: str, data: np.ndarray, chunk_rows: int = 1 << 18) -> None:
+    data = np.asarray(data)
+    chunks = (max(1, min(len(data), chunk_rows)),) + data.shape[1:] if data.ndim else ()
+    if data.dtype.kind in "UO":
+        group.create_array(name, shape=data.shape, dtype=str, chunks=chunks)[:] = data.astype(object)
+    else:
+        group.create_array(name, data=data, chunks=chunks, compressors=COMPRESSOR)
+
+
+def _open(path: str | Path, kind: str, arrays: tuple[str, ...]) -> zarr.Group:
+    path = Path(path)
+    if not path.exists():
+        raise UlmError(f"{kind} store {path}: not found")
+    try:
+        group = zarr.open_group(str(path), mode="r")
+    except Exception as exc:  # zarr raises several types for a non-store directory
+        raise UlmError(f"{kind} store {path}: not a Zarr group ({type(exc).__name__})") from None
+    missing = [a for a in arrays if a not in group]
+    if missing:
+        raise UlmError(f"{kind} store {path}: missing array(s) {missing}; is this a {kind}.zarr?")
+    return group
+
+
+# ----------------------------------------------------------------------------------------- graph
+@dataclass
+class Graph:
+    """A vascular graph in the world frame (um, z = depth).
+
+    Attributes
+    ----------
+    pos_um : (N, 3) float64 node positions (x, y, z).
+    node_diam_um : (N,) float64 node diameters.
+    edges : (E, 2) int64 0-based node indices.
+    diam_um : (E,) float64 edge (lumen) diameters.
+    vessel_type : (E,) str, one of ``VESSEL_TYPES``.
+    """
+
+    pos_um: np.ndarray
+    node_diam_um: np.ndarray
+    edges: np.ndarray
+    diam_um: np.ndarray
+    vessel_type: np.ndarray
+    attrs: dict = field(default_factory=dict)
+
+    @property
+    def length_um(self) -> np.ndarray:
+        """(E,) float64 straight edge lengths."""
+        return np.linalg.norm(self.pos_um[self.edges[:, 1]] - self.pos_um[self.edges[:, 0]], axis=1)
+
+    @property
+    def n_nodes(self) -> int:
+        return len(self.pos_um)
+
+    def degree(self) -> np.ndarray:
+        """(N,) number of edges touching each node."""
+        return np.bincount(self.edges.ravel(), minlength=self.n_nodes)
+
+
+GRAPH_ARRAYS = ("nodes/pos_um", "nodes/diam_um", "edges/index", "edges/diam_um", "edges/length_um", "edges/vessel_type")
+
+
+def write_graph(path: str | Path, graph: Graph, attrs: dict | None = None) -> None:
+    """Write ``graph.zarr`` atomically."""
+    with atomic_path(path) as tmp:
+        g = _new_group(tmp, {**graph.attrs, **(attrs or {})})
+        _put(g, "nodes/pos_um", graph.pos_um.astype(np.float64))
+        _put(g, "nodes/diam_um", graph.node_diam_um.astype(np.float64))
+        _put(g, "edges/index", graph.edges.astype(np.int64))
+        _put(g, "edges/diam_um", graph.diam_um.astype(np.float64))
+        _put(g, "edges/length_um", graph.length_um)
+        _put(g, "edges/vessel_type", np.asarray(graph.vessel_type, dtype=str))
+
+
+def read_graph(path: str | Path) -> Graph:
+    """Read ``graph.zarr``."""
+    g = _open(path, "graph", GRAPH_ARRAYS)
+    return Graph(
+        pos_um=g["nodes/pos_um"][:],
+        node_diam_um=g["nodes/diam_um"][:],
+        edges=g["edges/index"][:],
+        diam_um=g["edges/diam_um"][:],
+        vessel_type=np.asarray(g["edges/vessel_type"][:].astype(object), dtype="U9"),
+        attrs=g.attrs.asdict(),
+    )
+
+
+# ------------------------------------------------------------------------------------------ flow
+@dataclass
+class Flow:
+    """Steady flow on a graph's edges.
+
+    flow_um3_s : (E,) signed volume flow, positive from ``edges[:, 0]`` to ``edges[:, 1]``.
+    v_mean_mm_s : (E,) signed cross-section mean velocity, same sign convention.
+    pressure_mmHg : (N,) node pressures.
+    """
+
+    flow_um3_s: np.ndarray
+    v_mean_mm_s: np.ndarray
+    pressure_mmHg: np.ndarray
+    attrs: dict = field(default_factory=dict)
+
+
+FLOW_ARRAYS = ("edges/flow_um3_s", "edges/v_mean_mm_s", "nodes/pressure_mmHg")
+
+
+def write_flow(path: str | Path, flow: Flow, attrs: dict | None = None) -> None:
+    """Write ``flow.zarr`` atomically."""
+    with atomic_path(path) as tmp:
+        g = _new_group(tmp, {**flow.attrs, **(attrs or {})})
+        _put(g, "edges/flow_um3_s", flow.flow_um3_s.astype(np.float64))
+        _put(g, "edges/v_mean_mm_s", flow.v_mean_mm_s.astype(np.float64))
+        _put(g, "nodes/pressure_mmHg", flow.pressure_mmHg.astype(np.float64))
+
+
+def read_flow(path: str | Path) -> Flow:
+    """Read ``flow.zarr``."""
+    g = _open(path, "flow", FLOW_ARRAYS)
+    return Flow(g["edges/flow_um3_s"][:], g["edges/v_mean_mm_s"][:], g["nodes/pressure_mmHg"][:], g.attrs.asdict())
+
+
+# ---------------------------------------------------------------------------------------- tracks
+TRACK_ARRAYS = ("frame", "bubble", "pos_um", "vel_mm_s", "frame_offsets")
+
+
+@dataclass
+class Tracks:
+    """Ground-truth microbubble positions, sorted by frame.
+
+    frame : (M,) int32; bubble : (M,) int64 id; pos_um : (M, 3) float32 (x, y, z);
+    vel_mm_s : (M, 3) float32; frame_offsets : (T+1,) int64, rows of frame t are [off[t], off[t+1]).
+    """
+
+    frame: np.ndarray
+    bubble: np.ndarray
+    pos_um: np.ndarray
+    vel_mm_s: np.ndarray
+    frame_offsets: np.ndarray
+    attrs: dict = field(default_factory=dict)
+
+    @property
+    def n_frames(self) -> int:
+        return len(self.frame_offsets) - 1
+
+    def rows(self, t: int) -> slice:
+        """Row slice of frame ``t``."""
+        return slice(int(self.frame_offsets[t]), int(self.frame_offsets[t + 1]))
+
+
+class TracksWriter:
+    """Stream ``tracks.zarr`` to disk frame block by frame block (memory flat in the run length).
+
+    Use as a context manager; the store appears at ``path`` only when the block exits cleanly.
+    """
+
+    def __init__(self, path: str | Path, attrs: dict, chunk_rows: int = 1 << 16):
+        if "frame_rate_hz" not in attrs:
+            raise ValueError("tracks attrs need frame_rate_hz")
+        self._path, self._attrs, self._chunk_rows = Path(path), attrs, chunk_rows
+        self._counts: list[np.ndarray] = []
+        self._next_frame = 0
+
+    def __enter__(self) -> TracksWriter:
+        self._atomic = atomic_path(self._path)
+        tmp = self._atomic.__enter__()
+        self._group = _new_group(tmp, self._attrs)
+        rows = self._chunk_rows
+        spec = {"frame": ("i4", (rows,)), "bubble": ("i8", (rows,)), "pos_um": ("f4", (rows, 3)), "vel_mm_s": ("f4", (rows, 3))}
+        self._arrays = {
+            name: self._group.create_array(name, shape=(0,) + chunks[1:], dtype=dt, chunks=chunks, compressors=COMPRESSOR)
+            for name, (dt, chunks) in spec.items()
+        }
+        return self
+
+    def append(self, frame: np.ndarray, bubble: np.ndarray, pos_um: np.ndarray, vel_mm_s: np.ndarray) -> None:
+        """Append rows of consecutive frames, starting at the next unwritten frame, sorted by frame."""
+        frame = np.asarray(frame, dtype=np.int32)
+        if len(frame) and (frame[0] < self._next_frame or np.any(np.diff(frame) < 0)):
+            raise ValueError("tracks must be appended in frame order")
+        if len(frame):
+            n_frames = int(frame[-1]) + 1 - self._next_frame
+            self._counts.append(np.bincount(frame - self._next_frame, minlength=n_frames))
+            self._next_frame += n_frames
+        for name, data in (("frame", frame), ("bubble", bubble), ("pos_um", pos_um), ("vel_mm_s", vel_mm_s)):
+            self._arrays[name].append(np.asarray(data, dtype=self._arrays[name].dtype), axis=0)
+
+    def pad_frames(self, n_frames: int) -> None:
+        """Declare empty frames up to ``n_frames`` in total (frames with no bubble)."""
+        if n_frames > self._next_frame:
+            self._counts.append(np.zeros(n_frames - self._next_frame, dtype=np.int64))
+            self._next_frame = n_frames
+
+    def __exit__(self, *exc) -> None:
+        if exc[0] is None:
+            counts = np.concatenate(self._counts) if self._counts else np.zeros(0, np.int64)
+            offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+            _put(self._group, "frame_offsets", offsets)
+        self._atomic.__exit__(*exc)
+
+
+def read_tracks(path: str | Path) -> Tracks:
+    """Read a whole ``tracks.zarr`` into memory."""
+    g = _open(path, "tracks", TRACK_ARRAYS)
+    return Tracks(g["frame"][:], g["bubble"][:], g["pos_um"][:], g["vel_mm_s"][:], g["frame_offsets"][:], g.attrs.asdict())

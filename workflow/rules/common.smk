@@ -1,0 +1,49 @@
+# Helpers shared by the rule files: result paths, config slices for `params:`, the ulm command.
+import json
+import sys
+from pathlib import Path
+
+from ulm.vascular import resolve_source
+
+RUN = config["run"]
+RESULTS = f"results/{RUN}"
+LOGS = f"logs/{RUN}"
+
+
+def _conda_enabled():
+    try:
+        from snakemake.settings.types import DeploymentMethod
+
+        return DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method
+    except (ImportError, AttributeError):
+        return False
+
+
+# Under --use-conda the rule's env provides python; otherwise the interpreter running snakemake.
+ULM = (
+    f'PYTHONPATH="{workflow.basedir}${{PYTHONPATH:+:$PYTHONPATH}}" python -m ulm'
+    if _conda_enabled()
+    else f'"{sys.executable}" -m ulm'
+)
+
+
+def section(name, drop=()):
+    """One config section as compact JSON: the `params:` that make a rule rerun when it changes."""
+    return json.dumps({k: v for k, v in config[name].items() if k not in drop}, sort_keys=True)
+
+
+def graph_source_file():
+    """The graph file the `graph` rule reads (nothing for a synthetic graph)."""
+    source = resolve_source(config["graph"]["source"])
+    return [] if source == "synthetic" else str(source)
+
+
+def graph_seed():
+    """Only a synthetic graph depends on the seed (a file source ignores it, so it does not rerun)."""
+    return config["seed"] if config["graph"]["source"] == "synthetic" else 0
+
+
+def all_outputs():
+    return [f"{RESULTS}/flow.png"] + expand(
+        f"{RESULTS}/c{{c}}/{{name}}", c=config["concentrations"], name=["tracks.zarr", "tracks.png"]
+    )
