@@ -20,7 +20,9 @@ def cfg() -> dict:
 
 def make_graph(pos, edges, diam, types) -> Graph:
     pos = np.asarray(pos, dtype=float)
-    return Graph(pos, np.full(len(pos), float(np.max(diam))), np.asarray(edges, dtype=np.int64), np.asarray(diam, float), np.asarray(types))
+    return Graph(
+        pos, np.full(len(pos), float(np.max(diam))), np.asarray(edges, dtype=np.int64), np.asarray(diam, float), np.asarray(types)
+    )
 
 
 def tube(length_um: float = 200.0, diam_um: float = 10.0) -> Graph:

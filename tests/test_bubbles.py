@@ -86,7 +86,7 @@ def test_injection_is_proportional_to_inflow(cfg):
     graph = make_graph(pos, [[0, 2], [1, 2], [2, 3]], [12.0, 7.0, 14.0], ["artery", "artery", "vein"])
     tracks, flow = run(graph, cfg, n_frames=40_000, concentration=50)
     first_edge = {}
-    for b, e in zip(tracks.bubble, tracks.edge):
+    for b, e in zip(tracks.bubble, tracks.edge, strict=False):
         first_edge.setdefault(b, e)
     first = np.array([first_edge[b] for b in first_edge if b >= 50])  # injected (ids >= slots)
     q = np.abs(flow.flow_um3_s)
@@ -100,7 +100,9 @@ def test_injection_is_proportional_to_inflow(cfg):
 def test_count_per_frame_stays_at_the_concentration(real_run, tmp_path, cfg):
     graph, flow, _, _ = real_run
     path = tmp_path / "tracks.zarr"
-    simulate_tracks(graph, flow, dict(cfg["bubbles"], n_frames=2500, chunk_frames=300, concentration=25), 3, path=path, progress=False)
+    simulate_tracks(
+        graph, flow, dict(cfg["bubbles"], n_frames=2500, chunk_frames=300, concentration=25), 3, path=path, progress=False
+    )
     tracks = read_tracks(path)
     counts = np.diff(tracks.frame_offsets)
     after_1s = counts[int(cfg["bubbles"]["frame_rate_hz"]) :]

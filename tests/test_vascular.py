@@ -181,32 +181,33 @@ def test_graphml_round_trip_keeps_positions_edges_diameters_and_types(tmp_path: 
 
 # -------------------------------------------------------------------------------- clean_graph
 def messy_graph() -> Graph:
-    """Main component 0-1-2=3-4-5 (2 and 3 share a position), with a self-loop on 1, the edge 0-1
-    repeated as 1-0, an edge between the duplicates 2-3, and a separate component 6-7."""
+    """A separate small component 0-1 (listed first, so it gets the first component label), and a
+    main component 2-3-4=5-6-7 (4 and 5 share a position) with a self-loop on 3, the edge 2-3
+    repeated as 3-2, and an edge between the duplicates 4-5."""
     pos = np.array(
         [
-            [0.0, 0.0, 0.0],  # 0
-            [10.0, 0.0, 0.0],  # 1
-            [20.0, 0.0, 0.0],  # 2
-            [20.0, 0.0, 0.0],  # 3 duplicate of 2
-            [30.0, 0.0, 0.0],  # 4
-            [30.0, 10.0, 0.0],  # 5
-            [100.0, 100.0, 100.0],  # 6 other component
-            [110.0, 100.0, 100.0],  # 7 other component
+            [100.0, 100.0, 100.0],  # 0 other component
+            [110.0, 100.0, 100.0],  # 1 other component
+            [0.0, 0.0, 0.0],  # 2
+            [10.0, 0.0, 0.0],  # 3
+            [20.0, 0.0, 0.0],  # 4
+            [20.0, 0.0, 0.0],  # 5 duplicate of 4
+            [30.0, 0.0, 0.0],  # 6
+            [30.0, 10.0, 0.0],  # 7
         ]
     )
-    edges = np.array([[0, 1], [1, 2], [3, 4], [4, 5], [1, 1], [1, 0], [2, 3], [6, 7]])
-    diam = np.array([10.0, 9.0, 8.0, 7.0, 6.0, 5.0, 4.0, 3.0])
-    vtype = np.array(["artery", "artery", "capillary", "vein", "capillary", "capillary", "capillary", "vein"])
+    edges = np.array([[0, 1], [2, 3], [3, 4], [5, 6], [6, 7], [3, 3], [3, 2], [4, 5]])
+    diam = np.array([3.0, 10.0, 9.0, 8.0, 7.0, 6.0, 5.0, 4.0])
+    vtype = np.array(["vein", "artery", "artery", "capillary", "vein", "capillary", "capillary", "capillary"])
     return Graph(pos, np.full(len(pos), 5.0), edges, diam, vtype)
 
 
 def test_clean_graph_merges_duplicate_nodes():
     cleaned = clean_graph(messy_graph(), merge_tol_um=0.1)
-    # 0, 1, {2, 3}, 4, 5 remain; 6 and 7 are in the dropped component
+    # 2, 3, {4, 5}, 6, 7 remain; 0 and 1 are the dropped component
     assert cleaned.n_nodes == 5
     assert len(np.unique(cleaned.pos_um, axis=0)) == 5
-    # the merged node joins the edge from 1 and the edge to 4
+    # the merged node joins the edge from 3 and the edge to 6
     merged = np.flatnonzero(np.all(cleaned.pos_um == [20.0, 0.0, 0.0], axis=1))
     assert len(merged) == 1
     assert cleaned.degree()[merged[0]] == 2
@@ -226,7 +227,7 @@ def test_clean_graph_drops_self_loops_repeats_and_zero_length_edges():
     assert np.all(e[:, 0] != e[:, 1])
     assert len(np.unique(np.sort(e, axis=1), axis=0)) == len(e)
     assert np.all(cleaned.length_um > 0)
-    # the first of the repeated 0-1 edges is kept, with its own diameter and type
+    # the first of the repeated 2-3 edges is kept, with its own diameter and type
     np.testing.assert_array_equal(cleaned.diam_um, [10.0, 9.0, 8.0, 7.0])
     np.testing.assert_array_equal(cleaned.vessel_type, ["artery", "artery", "capillary", "vein"])
 
@@ -241,7 +242,7 @@ def test_clean_graph_edges_index_valid_nodes():
 def test_clean_graph_without_merging_drops_the_zero_length_edge():
     cleaned = clean_graph(messy_graph(), merge_tol_um=0.0)
     assert np.all(cleaned.length_um > 0)
-    # 2 and 3 stay apart, so 0-1-2 and 3-4-5 are two components and one is dropped
+    # 4 and 5 stay apart: 2-3-4 and 5-6-7 are separate components, and only one is kept
     assert n_components(cleaned) == 1
     assert cleaned.n_nodes == 3
 

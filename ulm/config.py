@@ -102,6 +102,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> di
             cfg = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as exc:
             raise UlmError(f"config file {path}: not valid YAML ({exc})") from None
+        if not isinstance(cfg, dict):
+            raise UlmError(f"config file {path}: must be a mapping of sections, got {type(cfg).__name__}")
     return validate_config(apply_overrides(cfg, list(overrides)))
 
 

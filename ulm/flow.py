@@ -54,7 +54,11 @@ def boundary_pressures(graph: Graph, cfg: dict) -> tuple[np.ndarray, np.ndarray]
     kind = graph.vessel_type[edge_of[ends]].astype(object)
     unknown = kind == "unknown"
     kind[unknown] = np.where(graph.diam_um[edge_of[ends[unknown]]] >= cfg["large_vessel_diam_um"], "artery", "capillary")
-    table = {"artery": cfg["pressure_artery_mmHg"], "capillary": cfg["pressure_capillary_mmHg"], "vein": cfg["pressure_vein_mmHg"]}
+    table = {
+        "artery": cfg["pressure_artery_mmHg"],
+        "capillary": cfg["pressure_capillary_mmHg"],
+        "vein": cfg["pressure_vein_mmHg"],
+    }
     return ends, np.array([table[k] for k in kind], dtype=np.float64)
 
 

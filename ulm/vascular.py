@@ -45,7 +45,10 @@ def read_graph_file(path: str | Path, swc_types: dict | None = None) -> Graph:
         raise UlmError(f"graph file {path}: unknown extension {path.suffix!r}; expected one of {sorted(readers)}")
     if not path.is_file():
         raise UlmError(f"graph file {path}: not found")
-    return readers[path.suffix.lower()](path)
+    try:
+        return readers[path.suffix.lower()](path)
+    except (ValueError, TypeError, IndexError) as exc:  # non-numeric or inconsistent fields
+        raise UlmError(f"graph file {path}: malformed content ({type(exc).__name__}: {exc})") from None
 
 
 def read_mat(path: str | Path) -> Graph:
@@ -59,7 +62,8 @@ def read_mat(path: str | Path) -> Graph:
     except Exception as exc:  # scipy raises ValueError, TypeError, MatReadError... on foreign files
         raise UlmError(f"graph file {path}: not a readable MATLAB file ({exc})") from None
     if "im2" not in mat:
-        raise UlmError(f"graph file {path}: no struct 'im2' (virtualMRI format); found {sorted(k for k in mat if not k.startswith('__'))}")
+        found = sorted(k for k in mat if not k.startswith("__"))
+        raise UlmError(f"graph file {path}: no struct 'im2' (virtualMRI format); found {found}")
     im2 = mat["im2"]
     fields = set(getattr(im2, "_fieldnames", []))
     missing = [f for f in MAT_FIELDS if f not in fields]
@@ -69,12 +73,16 @@ def read_mat(path: str | Path) -> Graph:
     node_diam = np.atleast_1d(np.asarray(im2.nodeDiam, dtype=np.float64))
     edges = np.atleast_2d(np.asarray(im2.nodeEdges, dtype=np.int64)) - 1
     if pos.ndim != 2 or pos.shape[1] != 3 or node_diam.shape != (len(pos),) or edges.shape[1:] != (2,):
-        raise UlmError(f"graph file {path}: nodePos_um must be (N,3), nodeDiam (N,), nodeEdges (E,2); got {pos.shape}, {node_diam.shape}, {edges.shape}")
+        shapes = f"{pos.shape}, {node_diam.shape}, {edges.shape}"
+        raise UlmError(f"graph file {path}: nodePos_um must be (N,3), nodeDiam (N,), nodeEdges (E,2); got {shapes}")
     _check_edges(path, edges, len(pos))
     diam = node_diam[edges].mean(axis=1)
     vtype = np.full(len(edges), "unknown", dtype=object)
     if "edgeSegN" in fields:
         seg = np.atleast_1d(np.asarray(im2.edgeSegN, dtype=np.int64)).ravel() - 1
+        n_seg = min((np.size(getattr(im2, f)) for f in ("segDiam", "segVesType") if f in fields), default=np.inf)
+        if seg.shape != (len(edges),) or (len(seg) and (seg.min() < 0 or seg.max() >= n_seg)):
+            raise UlmError(f"graph file {path}: edgeSegN must give each of the {len(edges)} edges a segment in 1..{n_seg}")
         if "segDiam" in fields and np.atleast_1d(getattr(im2, "maskUseSegDiam", 1)).ravel()[0]:
             diam = np.atleast_1d(np.asarray(im2.segDiam, dtype=np.float64))[seg]
         if "segVesType" in fields:
@@ -103,7 +111,8 @@ def read_swc(path: str | Path, swc_types: dict | None = None) -> Graph:
     diam = 2.0 * rows[:, 5]
     mapping = {int(k): v for k, v in (swc_types or {}).items()}
     ntype = np.array([mapping.get(int(t), "unknown") for t in rows[:, 1]], dtype=object)
-    return Graph(rows[:, 2:5].copy(), diam, edges, diam[edges].mean(axis=1), ntype[child].astype(str), attrs={"source_format": "SWC"})
+    edge_diam = diam[edges].mean(axis=1)
+    return Graph(rows[:, 2:5].copy(), diam, edges, edge_diam, ntype[child].astype(str), attrs={"source_format": "SWC"})
 
 
 def read_graphml(path: str | Path) -> Graph:
@@ -133,7 +142,9 @@ def read_graphml(path: str | Path) -> Graph:
     elist = list(g.edges(data=True))
     edges = np.array([[index[a], index[b]] for a, b, _ in elist], dtype=np.int64).reshape(-1, 2)
     diam = np.array([float(d["diameter"]) if "diameter" in d else ndiam[[index[a], index[b]]].mean() for a, b, d in elist])
-    vtype = np.array([d.get("vessel_type", "unknown") if d.get("vessel_type") in VESSEL_TYPES else "unknown" for *_, d in elist], dtype=str)
+    vtype = np.array(
+        [d.get("vessel_type", "unknown") if d.get("vessel_type") in VESSEL_TYPES else "unknown" for *_, d in elist], dtype=str
+    )
     return Graph(pos, ndiam, edges, diam, vtype, attrs={"source_format": "GraphML"})
 
 
@@ -244,7 +255,7 @@ def synthetic_graph(
     kinds = sorted(["artery"] * n_arterioles + ["vein"] * n_venules, key=_interleave_key(n_arterioles, n_venules))
     angles = np.linspace(0, 2 * np.pi, len(kinds), endpoint=False) + rng.uniform(0, 0.3)
     centre, radius = size[:2] / 2, 0.3 * size[:2].min()
-    for kind, angle in zip(kinds, angles):
+    for kind, angle in zip(kinds, angles, strict=False):
         d0 = arteriole_diam_um if kind == "artery" else venule_diam_um
         xy = centre + radius * np.array([np.cos(angle), np.sin(angle)])
         depths = np.arange(0.0, size[2] * 0.9, 0.75 * h)
@@ -259,7 +270,7 @@ def synthetic_graph(
         edge_diam.append(0.5 * (trunk_diam[:-1] + trunk_diam[1:]))
         # branches: every trunk node below the surface joins its 2 nearest capillary nodes
         branch_diam = np.maximum((trunk_diam**3 / 4) ** (1 / 3), capillary_diam_um * 1.2)  # Murray, 4 daughters
-        for node, p, bd in zip(ids[1:], trunk[1:], branch_diam[1:]):
+        for node, p, bd in zip(ids[1:], trunk[1:], branch_diam[1:], strict=False):
             _, targets = tree.query(p, k=2)
             for t in np.atleast_1d(targets):
                 edges.append(np.array([[node, t]]))
