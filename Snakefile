@@ -20,6 +20,7 @@ except UlmError as exc:
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/simulation.smk"
+include: "workflow/rules/forward.smk"
 
 
 rule all:

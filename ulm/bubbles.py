@@ -246,7 +246,9 @@ def simulate_tracks(graph: Graph, flow: Flow, cfg: dict, seed: int, path: str | 
             bar.update(n)
         bar.close()
         return Chunk(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("frame", "bubble", "pos_um", "vel_mm_s", "edge")))
-    attrs = {"frame_rate_hz": cfg["frame_rate_hz"], "n_bubbles": cfg["concentration"], "seed": seed}
+    lo, hi = graph.pos_um.min(axis=0), graph.pos_um.max(axis=0)
+    bbox = np.column_stack([lo, hi]).ravel().tolist()  # the vascular volume: the default field of view
+    attrs = {"frame_rate_hz": cfg["frame_rate_hz"], "n_bubbles": cfg["concentration"], "seed": seed, "bbox_um": bbox}
     with TracksWriter(path, {**attrs, "config": cfg}, chunk_rows=max(1, chunk * cfg["concentration"])) as writer:
         for n in blocks:
             part = advance(net, state, n, **kwargs)

@@ -13,6 +13,8 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
+
 from ulm.config import derive_seed, load_config
 from ulm.errors import UlmError
 from ulm.store import remove_path
@@ -66,15 +68,35 @@ def cmd_bubbles(args: argparse.Namespace, cfg: dict) -> None:
         plot_tracks(read_tracks(args.output), bcfg["concentration"], args.plot)
 
 
+def cmd_forward(args: argparse.Namespace, cfg: dict) -> None:
+    from ulm.forward.simulate import simulate_iq
+    from ulm.store import TracksReader
+
+    dims = args.dims or cfg["dims"][0]
+    seed = derive_seed(cfg["seed"], "forward", dims, TracksReader(args.tracks).attrs.get("seed", 0))
+    model = simulate_iq(args.tracks, args.output, cfg, dims, seed, progress=not args.quiet)
+    if args.plot:
+        from ulm.plots import plot_iq
+        from ulm.store import read_iq
+
+        plot_iq(read_iq(args.output), args.plot)
+    fw = model.table.at(model.grid.extent_xyz()[2].mean())["fwhm_um"]
+    print(
+        f"forward: {dims}D {model.mode}, grid {model.grid.array_shape}, PSF FWHM (x, y, z) {np.round(fw, 1)} um", file=sys.stderr
+    )
+
+
 STAGES = {
     "graph": (cmd_graph, ["source", "output"], "read/generate and clean a vascular graph -> graph.zarr"),
     "flow": (cmd_flow, ["graph", "output"], "Poiseuille network flow: graph.zarr -> flow.zarr"),
     "bubbles": (cmd_bubbles, ["graph", "flow", "output"], "microbubble ground truth: graph.zarr flow.zarr -> tracks.zarr"),
+    "forward": (cmd_forward, ["tracks", "output"], "ultrasound forward model: tracks.zarr -> iq.zarr"),
 }
 HELP = {
     "source": "graph file (.mat, .swc, .graphml), bundled:NAME or synthetic",
     "graph": "graph.zarr",
     "flow": "flow.zarr",
+    "tracks": "tracks.zarr",
     "output": "output store (written atomically)",
 }
 
@@ -87,8 +109,12 @@ def parser() -> argparse.ArgumentParser:
         p.add_argument("--config", type=Path, help="YAML config (defaults from the schema when omitted)")
         p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                        help="override one config value (YAML); a whole section may be set as SECTION={...}")  # fmt: skip
-        if name in ("flow", "bubbles"):
+        if name in ("flow", "bubbles", "forward"):
             p.add_argument("--plot", type=Path, help="also write a PNG summary here")
+        if name == "forward":
+            p.add_argument(
+                "--dims", type=int, choices=(2, 3), help="2 (linear array) or 3 (matrix array); default: first of `dims`"
+            )
         p.add_argument("--quiet", action="store_true", help="no progress bar")
         for pos in positionals:
             p.add_argument(pos, help=HELP[pos])

@@ -93,3 +93,34 @@ def plot_tracks(tracks: Tracks, target_count: int, path: str | Path, max_frames:
     ax_n.set_ylabel("MB count per frame")
     ax_n.legend()
     _save(fig, path)
+
+
+def plot_iq(iq, path: str | Path, max_frames: int = 512) -> None:
+    """Mean power (dB) over the first frames and one frame's |IQ|; maximum projections in 3D."""
+    frames = iq.iq[: min(iq.iq.shape[0], max_frames)]
+    power = np.mean(np.abs(frames) ** 2, axis=0)
+    one = np.abs(frames[np.argmax(np.abs(frames).reshape(len(frames), -1).max(axis=1))])
+    origin, spacing = iq.attrs["origin_um"], iq.attrs["spacing_um"]
+    # (z, x) views: the image itself in 2D, the maximum along y in 3D
+    views = [(power, one)] if iq.dims == 2 else [(power.max(axis=1), one.max(axis=1))]
+    (p, o) = views[0]
+    nz, nx = p.shape
+    ext = [
+        origin[-1] - spacing[-1] / 2,
+        origin[-1] + (nx - 0.5) * spacing[-1],
+        origin[0] + (nz - 0.5) * spacing[0],
+        origin[0] - spacing[0] / 2,
+    ]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.8))
+    db = 10 * np.log10(p / p.max() + 1e-12)
+    im0 = axes[0].imshow(db, extent=ext, cmap="gray", vmin=-40, vmax=0)
+    fig.colorbar(im0, ax=axes[0], label="mean power (dB)")
+    im1 = axes[1].imshow(o, extent=ext, cmap="hot")
+    fig.colorbar(im1, ax=axes[1], label="|IQ| (1 = one MB at the centre depth)")
+    what = "" if iq.dims == 2 else " (max over y)"
+    axes[0].set_title(f"Mean power, {len(frames)} frames{what}")
+    axes[1].set_title(f"Brightest frame{what}, {iq.attrs['mode']} mode")
+    for ax in axes:
+        ax.set_xlabel("x (um)")
+        ax.set_ylabel("z, depth (um)")
+    _save(fig, path)

@@ -203,30 +203,48 @@ class Tracks:
         return slice(int(self.frame_offsets[t]), int(self.frame_offsets[t + 1]))
 
 
-class TracksWriter:
-    """Stream ``tracks.zarr`` to disk frame block by frame block (memory flat in the run length).
+class _StreamingStore:
+    """A store written piece by piece; it appears at ``path`` only when the ``with`` block exits cleanly."""
 
-    Use as a context manager; the store appears at ``path`` only when the block exits cleanly.
-    """
+    def __init__(self, path: str | Path, attrs: dict):
+        self._path, self._attrs = Path(path), attrs
+
+    def __enter__(self):
+        self._atomic = atomic_path(self._path)
+        self._group = _new_group(self._atomic.__enter__(), self._attrs)
+        self._create()
+        return self
+
+    def _create(self) -> None:
+        raise NotImplementedError
+
+    def _finish(self) -> None:
+        """Write what can only be known at the end (offsets)."""
+
+    def __exit__(self, *exc) -> None:
+        if exc[0] is None:
+            self._finish()
+        self._atomic.__exit__(*exc)
+
+
+class TracksWriter(_StreamingStore):
+    """Stream ``tracks.zarr`` to disk frame block by frame block (memory flat in the run length)."""
 
     def __init__(self, path: str | Path, attrs: dict, chunk_rows: int = 1 << 16):
         if "frame_rate_hz" not in attrs:
             raise ValueError("tracks attrs need frame_rate_hz")
-        self._path, self._attrs, self._chunk_rows = Path(path), attrs, chunk_rows
+        super().__init__(path, attrs)
+        self._chunk_rows = chunk_rows
         self._counts: list[np.ndarray] = []
         self._next_frame = 0
 
-    def __enter__(self) -> TracksWriter:
-        self._atomic = atomic_path(self._path)
-        tmp = self._atomic.__enter__()
-        self._group = _new_group(tmp, self._attrs)
+    def _create(self) -> None:
         rows = self._chunk_rows
         spec = {"frame": ("i4", (rows,)), "bubble": ("i8", (rows,)), "pos_um": ("f4", (rows, 3)), "vel_mm_s": ("f4", (rows, 3))}
         self._arrays = {
             name: self._group.create_array(name, shape=(0,) + chunks[1:], dtype=dt, chunks=chunks, compressors=COMPRESSOR)
             for name, (dt, chunks) in spec.items()
         }
-        return self
 
     def append(self, frame: np.ndarray, bubble: np.ndarray, pos_um: np.ndarray, vel_mm_s: np.ndarray) -> None:
         """Append rows of consecutive frames, starting at the next unwritten frame, sorted by frame."""
@@ -246,15 +264,106 @@ class TracksWriter:
             self._counts.append(np.zeros(n_frames - self._next_frame, dtype=np.int64))
             self._next_frame = n_frames
 
-    def __exit__(self, *exc) -> None:
-        if exc[0] is None:
-            counts = np.concatenate(self._counts) if self._counts else np.zeros(0, np.int64)
-            offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-            _put(self._group, "frame_offsets", offsets)
-        self._atomic.__exit__(*exc)
+    def _finish(self) -> None:
+        counts = np.concatenate(self._counts) if self._counts else np.zeros(0, np.int64)
+        _put(self._group, "frame_offsets", np.concatenate([[0], np.cumsum(counts)]).astype(np.int64))
 
 
 def read_tracks(path: str | Path) -> Tracks:
     """Read a whole ``tracks.zarr`` into memory."""
     g = _open(path, "tracks", TRACK_ARRAYS)
     return Tracks(g["frame"][:], g["bubble"][:], g["pos_um"][:], g["vel_mm_s"][:], g["frame_offsets"][:], g.attrs.asdict())
+
+
+class TracksReader:
+    """Lazy, validated access to ``tracks.zarr``: frame blocks are read on demand (thread-safe reads).
+
+    Raises UlmError if the store is empty or its arrays have the wrong shapes or dtypes.
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        g = _open(path, "tracks", TRACK_ARRAYS)
+        self._group = g
+        self.attrs = g.attrs.asdict()
+        pos = g["pos_um"]
+        if pos.ndim != 2 or pos.shape[1] != 3 or pos.dtype.kind != "f":
+            raise UlmError(f"tracks store {path}: pos_um must be (M, 3) floating point in um, got {pos.shape} {pos.dtype}")
+        self.frame_offsets = g["frame_offsets"][:]
+        off = self.frame_offsets
+        if len(off) < 2 or off[-1] == 0:
+            raise UlmError(f"tracks store {path}: no bubble positions (empty tracks)")
+        if off[0] != 0 or np.any(np.diff(off) < 0) or off[-1] != pos.shape[0]:
+            raise UlmError(f"tracks store {path}: frame_offsets must rise from 0 to the {pos.shape[0]} rows of pos_um")
+        if "frame_rate_hz" not in self.attrs:
+            raise UlmError(f"tracks store {path}: missing attr frame_rate_hz")
+
+    @property
+    def n_frames(self) -> int:
+        return len(self.frame_offsets) - 1
+
+    def frames(self, t0: int, t1: int) -> tuple[np.ndarray, np.ndarray]:
+        """Positions (K, 3) float64 um and their frame index relative to ``t0`` for frames [t0, t1)."""
+        a, b = int(self.frame_offsets[t0]), int(self.frame_offsets[t1])
+        pos = self._group["pos_um"][a:b].astype(np.float64)
+        rel = np.repeat(np.arange(t1 - t0), np.diff(self.frame_offsets[t0 : t1 + 1]))
+        return pos, rel
+
+    def bbox_um(self, chunk_rows: int = 1 << 20) -> np.ndarray:
+        """[x0, x1, y0, y1, z0, z1] of all positions (read chunk by chunk)."""
+        pos = self._group["pos_um"]
+        lo, hi = np.full(3, np.inf), np.full(3, -np.inf)
+        for a in range(0, pos.shape[0], chunk_rows):
+            block = pos[a : a + chunk_rows]
+            lo, hi = np.minimum(lo, block.min(0)), np.maximum(hi, block.max(0))
+        return np.column_stack([lo, hi]).ravel()
+
+
+# -------------------------------------------------------------------------------------------- iq
+IQ_ATTRS = ("origin_um", "spacing_um", "f0_hz", "wavelength_um", "frame_rate_hz", "probe", "mode")
+
+
+class IqWriter(_StreamingStore):
+    """``iq.zarr``: complex64 (T, Z, X) or (T, Z, Y, X), one chunk per block of ``block_frames``.
+
+    ``write`` may be called from several threads at once for different, chunk-aligned blocks.
+    """
+
+    def __init__(self, path: str | Path, shape: tuple[int, ...], block_frames: int, attrs: dict):
+        missing = [k for k in IQ_ATTRS if k not in attrs]
+        if missing:
+            raise ValueError(f"iq attrs lack {missing}")
+        super().__init__(path, attrs)
+        self._shape, self._block = shape, block_frames
+
+    def _create(self) -> None:
+        chunks = (min(self._block, self._shape[0]), *self._shape[1:])
+        self._iq = self._group.create_array("iq", shape=self._shape, dtype="complex64", chunks=chunks, compressors=COMPRESSOR)
+
+    def write(self, t0: int, data: np.ndarray) -> None:
+        if t0 % self._block:
+            raise ValueError("iq blocks must start on a chunk boundary")
+        self._iq[t0 : t0 + len(data)] = data.astype(np.complex64)
+
+
+@dataclass
+class Iq:
+    """Beamformed IQ: ``iq`` (T, Z, X) or (T, Z, Y, X) complex64 (a Zarr array, read lazily) and attrs."""
+
+    iq: zarr.Array
+    attrs: dict
+
+    @property
+    def dims(self) -> int:
+        return self.iq.ndim - 1
+
+
+def read_iq(path: str | Path) -> Iq:
+    """Open ``iq.zarr`` (lazily) and check its shape and attrs."""
+    g = _open(path, "iq", ("iq",))
+    arr, attrs = g["iq"], g.attrs.asdict()
+    missing = [k for k in IQ_ATTRS if k not in attrs]
+    if arr.ndim not in (3, 4) or arr.dtype != np.complex64 or missing:
+        raise UlmError(f"iq store {path}: expected complex64 (T, Z, X) or (T, Z, Y, X) with attrs {list(IQ_ATTRS)}; "
+                       f"got {arr.dtype} {arr.shape}, missing attrs {missing}")  # fmt: skip
+    return Iq(arr, attrs)

@@ -44,6 +44,6 @@ def graph_seed():
 
 
 def all_outputs():
-    return [f"{RESULTS}/flow.png"] + expand(
-        f"{RESULTS}/c{{c}}/{{name}}", c=config["concentrations"], name=["tracks.zarr", "tracks.png"]
-    )
+    ground_truth = expand(f"{RESULTS}/c{{c}}/{{name}}", c=config["concentrations"], name=["tracks.zarr", "tracks.png"])
+    imaging = expand(f"{RESULTS}/{{d}}d/c{{c}}/{{name}}", d=config["dims"], c=config["concentrations"], name=["iq.zarr", "iq.png"])
+    return [f"{RESULTS}/flow.png", *ground_truth, *imaging]
