@@ -42,13 +42,13 @@ def finished_run(tmp_path_factory):
 @pytest.mark.slow
 def test_pipeline_writes_contract_stores_and_plots(finished_run):
     out = finished_run / "results" / "t"
-    for name in ("graph.zarr", "flow.zarr", "flow.png", "c3/tracks.zarr", "c3/tracks.png"):
+    for name in ("graph.zarr", "flow.zarr", "flow.png", "c3/tracks.zarr", "c3/tracks.png", "2d/c3/iq.zarr", "2d/c3/iq.png"):
         assert (out / name).exists(), name
     assert not list(out.rglob("*.tmp"))
     if CHECK_STORES.exists():
         check = subprocess.run([sys.executable, str(CHECK_STORES), str(out)], capture_output=True, text=True)
         assert check.returncode == 0, check.stdout
-        assert check.stdout.count("ok ") == 3
+        assert check.stdout.count("ok ") == 4
 
 
 @pytest.mark.slow
@@ -56,11 +56,14 @@ def test_pipeline_writes_contract_stores_and_plots(finished_run):
     ("change", "expected"),
     [
         ({}, {}),
-        ({"flow": {"pressure_artery_mmHg": 80.0}}, {"flow": 1, "bubbles": 1, "all": 1}),
-        ({"graph": {"merge_tol_um": 0.5}}, {"graph": 1, "flow": 1, "bubbles": 1, "all": 1}),
-        ({"bubbles": {"n_frames": 300, "chunk_frames": 64}}, {"bubbles": 1, "all": 1}),
-        ({"seed": 4}, {"bubbles": 1, "all": 1}),
-        ({"concentrations": [3, 5]}, {"bubbles": 1, "all": 1}),
+        ({"flow": {"pressure_artery_mmHg": 80.0}}, {"flow": 1, "bubbles": 1, "forward": 1, "all": 1}),
+        ({"graph": {"merge_tol_um": 0.5}}, {"graph": 1, "flow": 1, "bubbles": 1, "forward": 1, "all": 1}),
+        ({"bubbles": {"n_frames": 300, "chunk_frames": 64}}, {"bubbles": 1, "forward": 1, "all": 1}),
+        ({"seed": 4}, {"bubbles": 1, "forward": 1, "all": 1}),
+        ({"concentrations": [3, 5]}, {"bubbles": 1, "forward": 1, "all": 1}),
+        ({"forward": {"snr_db": 20.0}}, {"forward": 1, "all": 1}),
+        ({"probe": {"f_number": 1.5}}, {"forward": 1, "all": 1}),
+        ({"dims": [2, 3]}, {"forward": 1, "all": 1}),
     ],
 )
 def test_changing_a_parameter_reruns_only_its_stage_and_downstream(finished_run, change, expected):

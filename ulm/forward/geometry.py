@@ -48,11 +48,17 @@ class Probe:
         """Expected axial FWHM of the intensity |IQ|^2: c/2 * 2 sqrt(ln 2) sigma_t = 0.312 lambda / B."""
         return self.c_m_s * 1e6 / 2 * 2 * np.sqrt(np.log(2)) * self.sigma_t_s
 
-    @property
-    def lateral_fwhm_um(self) -> float:
-        """Expected lateral FWHM of the intensity |IQ|^2: lambda * f-number (0.886 lambda F# for a
-        uniform line aperture, 1.03 lambda F# for a uniform disc)."""
-        return self.wavelength_um * self.f_number
+    def effective_f_number(self, z_um: float) -> float:
+        """Receive f-number at world depth ``z_um``: the configured one, or depth / array width
+        where the array is too small to open the full f-number aperture."""
+        width = self.elements_um.max(axis=0) - self.elements_um.min(axis=0)
+        usable = width[0] if self.dims == 2 else min(width[0], width[1])
+        return max(self.f_number, (z_um - self.face_z_um) / usable)
+
+    def lateral_fwhm_um(self, z_um: float) -> float:
+        """Expected lateral FWHM of the intensity |IQ|^2 at world depth ``z_um``: lambda * f-number
+        (0.886 lambda F# for a uniform line aperture, 1.03 lambda F# for a uniform disc)."""
+        return self.wavelength_um * self.effective_f_number(z_um)
 
     @property
     def face_z_um(self) -> float:

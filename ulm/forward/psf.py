@@ -70,7 +70,7 @@ def measure_point(probe: Probe, grid: Grid, xyz: np.ndarray, half_width: float |
     """Beamform one scatterer (RF mode) on fine lines through it; return its intensity FWHMs, peak
     amplitude, phase and phase slopes. Also used by the tests."""
     lam = probe.wavelength_um
-    half_width = half_width or 3 * max(lam * probe.f_number, probe.axial_fwhm_um)
+    half_width = half_width or 3 * max(probe.lateral_fwhm_um(float(np.ravel(xyz)[2])), probe.axial_fwhm_um)
     u = np.linspace(-half_width, half_width, n)
     xyz = np.asarray(xyz, dtype=np.float64).reshape(1, 3)
     out = {"u": u}

@@ -62,7 +62,7 @@ def build_model(
 
 def _check_units(bbox: np.ndarray, path: Path) -> None:
     span = float(np.max(bbox[1::2] - bbox[0::2]))
-    if not 10.0 <= span <= 1e5:
+    if span > 1e5 or 0 < span < 10.0:  # a single static bubble (span 0) is fine
         raise UlmError(
             f"tracks store {path}: pos_um spans {span:.3g}, expected a vascular volume in micrometres (10 um to 10 cm)"
         )
@@ -99,9 +99,9 @@ def simulate_iq(
     """Write ``iq.zarr`` from ``tracks.zarr`` block by block (memory flat in the number of frames)."""
     fcfg = cfg["forward"]
     tracks = TracksReader(tracks_path)
-    bbox = np.asarray(tracks.attrs.get("bbox_um") or tracks.bbox_um(), dtype=float)
-    _check_units(bbox, Path(tracks_path))
-    fov = fcfg["fov_um"] or bbox.tolist()
+    positions_bbox = tracks.bbox_um()
+    _check_units(positions_bbox, Path(tracks_path))
+    fov = fcfg["fov_um"] or tracks.attrs.get("bbox_um") or positions_bbox.tolist()
     model = build_model(cfg, dims, fov, fcfg["plane_y_um"])
     plane_y = float(model.grid.origin_um[1])
     clutter = static_clutter(model, fcfg, np.random.default_rng(derive_seed(seed, "clutter")))
@@ -120,7 +120,10 @@ def simulate_iq(
         "forward": fcfg,
         "psf_table": model.table.to_attrs(),
         "gain": model.gain,
-        "expected_fwhm_um": {"lateral": model.probe.lateral_fwhm_um, "axial": model.probe.axial_fwhm_um},
+        "expected_fwhm_um": {
+            "lateral": model.probe.lateral_fwhm_um(model.grid.extent_xyz()[2].mean()),
+            "axial": model.probe.axial_fwhm_um,
+        },
     }
     if dims == 2:
         attrs["plane_y_um"] = plane_y
@@ -142,7 +145,7 @@ def simulate_iq(
 
     with IqWriter(out_path, (n_frames, *model.grid.array_shape), block, attrs) as writer:
         tasks = [dask.delayed(compute_block, name=f"iq-block-{t0}")(t0, writer) for t0 in range(0, n_frames, block)]
-        with tqdm(total=len(tasks), unit="block", desc=f"forward {dims}D {model.mode}", disable=not progress) as bar:
-            with _Progress(bar, "iq-block"):
-                dask.compute(*tasks, scheduler="threads", num_workers=fcfg["workers"])
+        bar = tqdm(total=len(tasks), unit="block", desc=f"forward {dims}D {model.mode}", disable=not progress)
+        with bar, _Progress(bar, "iq-block"):
+            dask.compute(*tasks, scheduler="threads", num_workers=fcfg["workers"])
     return model
