@@ -21,7 +21,10 @@ import numpy as np
 from tqdm import tqdm
 
 from ulm.errors import UlmError
+from ulm.parallel import prefer_threadsafe_layer
 from ulm.store import Flow, Graph, TracksWriter
+
+prefer_threadsafe_layer()
 
 GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 MIX1 = np.uint64(0xBF58476D1CE4E5B9)

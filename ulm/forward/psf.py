@@ -18,6 +18,9 @@ import numpy as np
 
 from ulm.forward.geometry import Grid, Probe
 from ulm.forward.rf import rf_image
+from ulm.parallel import prefer_threadsafe_layer
+
+prefer_threadsafe_layer()
 
 FWHM_TO_SIGMA = 1.0 / (2.0 * np.sqrt(np.log(2.0)))  # intensity FWHM -> amplitude Gaussian sigma
 SUPPORT_SIGMA = 3.5
@@ -122,48 +125,57 @@ def _interp(x, xp, fp):
     return (1.0 - w) * fp[k] + w * fp[k + 1]
 
 
-@nb.njit(cache=True, nogil=True)
-def _render(pos, amp, frame, depth, t_amp, t_phase, t_sigma, t_kz, t_kx, origin, spacing, out):
-    """Add each MB's PSF to ``out`` (F, Z, Y, X); ``origin``/``spacing`` in (z, y, x) order."""
+@nb.njit(cache=True, parallel=True)
+def _render(pos, amp, frame_offsets, depth, t_amp, t_phase, t_sigma, t_kz, t_kx, origin, spacing, out):
+    """Add each MB's PSF to ``out`` (F, Z, Y, X), frames in parallel; rows of frame f are
+    [frame_offsets[f], frame_offsets[f + 1]); ``origin``/``spacing`` in (z, y, x) order."""
+    for f in nb.prange(out.shape[0]):
+        for m in range(frame_offsets[f], frame_offsets[f + 1]):
+            _add_one(pos, amp, m, f, depth, t_amp, t_phase, t_sigma, t_kz, t_kx, origin, spacing, out)
+
+
+@nb.njit(cache=True, inline="always")
+def _add_one(pos, amp, m, f, depth, t_amp, t_phase, t_sigma, t_kz, t_kx, origin, spacing, out):
+    """Add MB ``m``'s PSF to frame ``f`` of ``out`` within SUPPORT_SIGMA of its centre."""
     _, nz, ny, nx = out.shape
-    for m in range(pos.shape[0]):
-        x, y, z = pos[m, 0], pos[m, 1], pos[m, 2]
-        a = amp[m] * _interp(z, depth, t_amp)
-        ph0 = _interp(z, depth, t_phase)
-        kz = _interp(z, depth, t_kz)
-        kx = _interp(z, depth, t_kx)
-        sx = _interp(z, depth, t_sigma[:, 0])
-        sy = _interp(z, depth, t_sigma[:, 1])
-        sz = _interp(z, depth, t_sigma[:, 2])
-        lo_z = max(int(np.ceil((z - SUPPORT_SIGMA * sz - origin[0]) / spacing[0])), 0)
-        hi_z = min(int(np.floor((z + SUPPORT_SIGMA * sz - origin[0]) / spacing[0])), nz - 1)
-        lo_x = max(int(np.ceil((x - SUPPORT_SIGMA * sx - origin[2]) / spacing[2])), 0)
-        hi_x = min(int(np.floor((x + SUPPORT_SIGMA * sx - origin[2]) / spacing[2])), nx - 1)
-        if ny == 1:  # 2D: the plane only
-            lo_y, hi_y = 0, 0
-        else:
-            lo_y = max(int(np.ceil((y - SUPPORT_SIGMA * sy - origin[1]) / spacing[1])), 0)
-            hi_y = min(int(np.floor((y + SUPPORT_SIGMA * sy - origin[1]) / spacing[1])), ny - 1)
-        f = frame[m]
-        for iz in range(lo_z, hi_z + 1):
-            dz = origin[0] + iz * spacing[0] - z
-            gz = -0.5 * dz * dz / (sz * sz)
-            for iy in range(lo_y, hi_y + 1):
-                dy = origin[1] + iy * spacing[1] - y
-                gy = 0.0 if ny == 1 else -0.5 * dy * dy / (sy * sy)
-                for ix in range(lo_x, hi_x + 1):
-                    dx = origin[2] + ix * spacing[2] - x
-                    mag = a * np.exp(gz + gy - 0.5 * dx * dx / (sx * sx))
-                    phase = ph0 + kz * dz + kx * dx
-                    out[f, iz, iy, ix] += mag * (np.cos(phase) + 1j * np.sin(phase))
+    x, y, z = pos[m, 0], pos[m, 1], pos[m, 2]
+    a = amp[m] * _interp(z, depth, t_amp)
+    ph0 = _interp(z, depth, t_phase)
+    kz = _interp(z, depth, t_kz)
+    kx = _interp(z, depth, t_kx)
+    sx = _interp(z, depth, t_sigma[:, 0])
+    sy = _interp(z, depth, t_sigma[:, 1])
+    sz = _interp(z, depth, t_sigma[:, 2])
+    lo_z = max(int(np.ceil((z - SUPPORT_SIGMA * sz - origin[0]) / spacing[0])), 0)
+    hi_z = min(int(np.floor((z + SUPPORT_SIGMA * sz - origin[0]) / spacing[0])), nz - 1)
+    lo_x = max(int(np.ceil((x - SUPPORT_SIGMA * sx - origin[2]) / spacing[2])), 0)
+    hi_x = min(int(np.floor((x + SUPPORT_SIGMA * sx - origin[2]) / spacing[2])), nx - 1)
+    if ny == 1:  # 2D: the plane only
+        lo_y, hi_y = 0, 0
+    else:
+        lo_y = max(int(np.ceil((y - SUPPORT_SIGMA * sy - origin[1]) / spacing[1])), 0)
+        hi_y = min(int(np.floor((y + SUPPORT_SIGMA * sy - origin[1]) / spacing[1])), ny - 1)
+    for iz in range(lo_z, hi_z + 1):
+        dz = origin[0] + iz * spacing[0] - z
+        gz = -0.5 * dz * dz / (sz * sz)
+        for iy in range(lo_y, hi_y + 1):
+            dy = origin[1] + iy * spacing[1] - y
+            gy = 0.0 if ny == 1 else -0.5 * dy * dy / (sy * sy)
+            for ix in range(lo_x, hi_x + 1):
+                dx = origin[2] + ix * spacing[2] - x
+                mag = a * np.exp(gz + gy - 0.5 * dx * dx / (sx * sx))
+                phase = ph0 + kz * dz + kx * dx
+                out[f, iz, iy, ix] += mag * (np.cos(phase) + 1j * np.sin(phase))
 
 
 def render_psf(table: PsfTable, grid: Grid, pos_xyz: np.ndarray, amp: np.ndarray, frame: np.ndarray, n_frames: int) -> np.ndarray:
     """(n_frames, Z, Y, X) complex64 images: MB ``m`` (um) drawn into frame ``frame[m]``."""
     out = np.zeros((n_frames, *grid.shape), np.complex64)
     if len(pos_xyz):
+        order = np.argsort(frame, kind="stable")
+        offsets = np.concatenate([[0], np.cumsum(np.bincount(frame, minlength=n_frames))]).astype(np.int64)
         _render(
-            np.ascontiguousarray(pos_xyz, np.float64), np.asarray(amp, np.float64), np.asarray(frame, np.int64),
+            np.ascontiguousarray(np.asarray(pos_xyz)[order], np.float64), np.asarray(amp, np.float64)[order], offsets,
             table.depth_um, table.amp, table.phase, table.fwhm_um * FWHM_TO_SIGMA, table.k_z, table.k_x,
             grid.origin_um, grid.spacing_um, out,
         )  # fmt: skip

@@ -6,7 +6,8 @@ to the RF trace, tau = tau_tx(s, a) + r / c, D the element directivity sinc(w si
 k = 1 in 3D and 1/2 in 2D. IQ demodulation (analytic signal, mixed to baseband) gives
 IQ_e(t) = envelope * exp(-2 pi i f0 tau); delay-and-sum samples it at each pixel's delay, restores the
 carrier phase exp(2 pi i f0 tau_p) and sums over the f-number aperture (apodized) and the angles.
-Kernels are serial and release the GIL: dask runs frame blocks on parallel threads.
+Kernels run in parallel over elements (RF) and pixels (DAS); with a thread-safe Numba layer (OpenMP,
+see ulm.parallel) dask also runs frame blocks on parallel threads.
 """
 
 from __future__ import annotations
@@ -16,6 +17,9 @@ import numpy as np
 from scipy.signal import hilbert
 
 from ulm.forward.geometry import APODIZATIONS, Grid, Probe
+from ulm.parallel import prefer_threadsafe_layer
+
+prefer_threadsafe_layer()
 
 N_SIGMA = 4.0  # pulse support, in envelope standard deviations
 
@@ -42,15 +46,15 @@ def _tx_delays(probe: Probe, points_xyz: np.ndarray) -> np.ndarray:
     return (np.sin(probe.angles_rad)[:, None] * dx + np.cos(probe.angles_rad)[:, None] * dz) / c
 
 
-@nb.njit(cache=True, nogil=True)
+@nb.njit(cache=True, parallel=True)
 def _rf_kernel(scat, amp, elements, tx, c, f0, sigma_t, fs, t0, width_over_lambda, spreading, alpha_np_per_um, out):
-    """Accumulate echoes into ``out`` (A, E, N): scatterers x elements x angles, samples in the pulse support."""
+    """Accumulate echoes into ``out`` (A, E, N): elements in parallel, samples within the pulse support."""
     n_ang, n_el, n_smp = out.shape
     two_pi_f0 = 2.0 * np.pi * f0
     half = N_SIGMA * sigma_t
     inv2s2 = 1.0 / (2.0 * sigma_t * sigma_t)
-    for s in range(scat.shape[0]):
-        for e in range(n_el):
+    for e in nb.prange(n_el):
+        for s in range(scat.shape[0]):
             dx = scat[s, 0] - elements[e, 0]
             dy = scat[s, 1] - elements[e, 1]
             dz = scat[s, 2] - elements[e, 2]
@@ -88,10 +92,11 @@ def demodulate(rf: np.ndarray, probe: Probe, t0: float) -> np.ndarray:
     return (hilbert(rf, axis=-1) * np.exp(-2j * np.pi * probe.f0_hz * t)).astype(np.complex64)
 
 
-@nb.njit(cache=True, nogil=True)
+@nb.njit(cache=True, parallel=True)
 def _das_kernel(iq, elements, angles, centre, face_z, c, f0, fs, t0, f_number, apod, points, out):
+    """Delay-and-sum, pixels in parallel."""
     n_ang, n_el, n_smp = iq.shape
-    for p in range(points.shape[0]):
+    for p in nb.prange(points.shape[0]):
         x, y, z = points[p, 0], points[p, 1], points[p, 2]
         depth = z - face_z
         half_ap = depth / (2.0 * f_number)

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import dask
+import numba
 import numpy as np
 from dask.callbacks import Callback
 from tqdm import tqdm
@@ -20,6 +21,7 @@ from ulm.forward.geometry import Grid, Probe, check_field_of_view, make_grid, ma
 from ulm.forward.psf import PsfTable, measure_psf_table, render_psf
 from ulm.forward.realism import add_noise, clutter_scatterers, svd_filter
 from ulm.forward.rf import rf_image
+from ulm.parallel import concurrent_kernels_ok
 from ulm.store import IqWriter, TracksReader
 
 
@@ -128,7 +130,12 @@ def simulate_iq(
     if dims == 2:
         attrs["plane_y_um"] = plane_y
 
+    starts = range(0, n_frames, block)
+    workers = min(fcfg["workers"], len(starts)) if concurrent_kernels_ok() else 1
+    kernel_threads = max(1, numba.config.NUMBA_NUM_THREADS // workers)  # no oversubscription
+
     def compute_block(t0: int, writer: IqWriter) -> None:
+        numba.set_num_threads(kernel_threads)  # per calling thread
         t1 = min(t0 + block, n_frames)
         pos, rel = tracks.frames(t0, t1)
         if dims == 2:  # bubbles inside the elevation slab, projected onto the plane
@@ -144,8 +151,8 @@ def simulate_iq(
         writer.write(t0, data.reshape(t1 - t0, *model.grid.array_shape))
 
     with IqWriter(out_path, (n_frames, *model.grid.array_shape), block, attrs) as writer:
-        tasks = [dask.delayed(compute_block, name=f"iq-block-{t0}")(t0, writer) for t0 in range(0, n_frames, block)]
+        tasks = [dask.delayed(compute_block, name=f"iq-block-{t0}")(t0, writer) for t0 in starts]
         bar = tqdm(total=len(tasks), unit="block", desc=f"forward {dims}D {model.mode}", disable=not progress)
         with bar, _Progress(bar, "iq-block"):
-            dask.compute(*tasks, scheduler="threads", num_workers=fcfg["workers"])
+            dask.compute(*tasks, scheduler="threads", num_workers=workers)
     return model
