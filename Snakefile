@@ -21,6 +21,7 @@ except UlmError as exc:
 include: "workflow/rules/common.smk"
 include: "workflow/rules/simulation.smk"
 include: "workflow/rules/forward.smk"
+include: "workflow/rules/sparse.smk"
 
 
 rule all:

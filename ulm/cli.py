@@ -17,7 +17,7 @@ import numpy as np
 
 from ulm.config import derive_seed, load_config
 from ulm.errors import UlmError
-from ulm.store import remove_path
+from ulm.store import atomic_path, remove_path
 
 
 @contextlib.contextmanager
@@ -86,17 +86,55 @@ def cmd_forward(args: argparse.Namespace, cfg: dict) -> None:
     )
 
 
+def cmd_sparsify(args: argparse.Namespace, cfg: dict) -> None:
+    import csv
+
+    from ulm.sparse import sparsify_iq, store_bytes, trade_off
+
+    scfg = cfg["sparse"]
+    tiling = sparsify_iq(args.iq, args.output, scfg, progress=not args.quiet)
+    iq_bytes, sparse_bytes = store_bytes(args.iq), store_bytes(args.output)
+    print(
+        f"sparsify: {len(tiling)} blocks of {tiling.block_shape}, {sparse_bytes / 1e6:.2f} MB vs iq {iq_bytes / 1e6:.2f} MB",
+        file=sys.stderr,
+    )
+    if args.tracks and (args.csv or args.plot):
+        from ulm.plots import plot_trade_off
+
+        rows = trade_off(args.iq, args.tracks, scfg)
+        param = scfg["tau"] if scfg["method"] == "threshold" else scfg["topk_k"]
+        point = trade_off(args.iq, args.tracks, scfg, values=[param])[0]
+        rows = [{**r, "iq_bytes": iq_bytes, "sparse_bytes": sparse_bytes, "configured": False} for r in rows]
+        rows.append({**point, "iq_bytes": iq_bytes, "sparse_bytes": sparse_bytes, "configured": True})
+        if args.csv:
+            with atomic_path(args.csv) as tmp, open(tmp, "w", newline="") as fh:
+                writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+                writer.writeheader()
+                writer.writerows(rows)
+        if args.plot:
+            plot_trade_off(rows[:-1], point, iq_bytes, sparse_bytes, args.plot)
+
+
+def cmd_targets(args: argparse.Namespace, cfg: dict) -> None:
+    from ulm.targets import make_targets
+
+    make_targets(args.tracks, args.iq, args.output, cfg["sparse"], progress=not args.quiet)
+
+
 STAGES = {
     "graph": (cmd_graph, ["source", "output"], "read/generate and clean a vascular graph -> graph.zarr"),
     "flow": (cmd_flow, ["graph", "output"], "Poiseuille network flow: graph.zarr -> flow.zarr"),
     "bubbles": (cmd_bubbles, ["graph", "flow", "output"], "microbubble ground truth: graph.zarr flow.zarr -> tracks.zarr"),
     "forward": (cmd_forward, ["tracks", "output"], "ultrasound forward model: tracks.zarr -> iq.zarr"),
+    "sparsify": (cmd_sparsify, ["iq", "output"], "sparse COO blocks: iq.zarr -> sparse.zarr"),
+    "targets": (cmd_targets, ["tracks", "iq", "output"], "8x ground-truth passage maps: tracks.zarr iq.zarr -> target.zarr"),
 }
 HELP = {
     "source": "graph file (.mat, .swc, .graphml), bundled:NAME or synthetic",
     "graph": "graph.zarr",
     "flow": "flow.zarr",
     "tracks": "tracks.zarr",
+    "iq": "iq.zarr",
     "output": "output store (written atomically)",
 }
 
@@ -109,8 +147,11 @@ def parser() -> argparse.ArgumentParser:
         p.add_argument("--config", type=Path, help="YAML config (defaults from the schema when omitted)")
         p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                        help="override one config value (YAML); a whole section may be set as SECTION={...}")  # fmt: skip
-        if name in ("flow", "bubbles", "forward"):
+        if name in ("flow", "bubbles", "forward", "sparsify"):
             p.add_argument("--plot", type=Path, help="also write a PNG summary here")
+        if name == "sparsify":
+            p.add_argument("--tracks", type=Path, help="tracks.zarr, to compute the trade-off curve")
+            p.add_argument("--csv", type=Path, help="write the trade-off table here (needs --tracks)")
         if name == "forward":
             p.add_argument(
                 "--dims", type=int, choices=(2, 3), help="2 (linear array) or 3 (matrix array); default: first of `dims`"
@@ -126,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     func = STAGES[args.stage][0]
     try:
         cfg = load_config(args.config, args.overrides)
-        with all_or_nothing(args.output, getattr(args, "plot", None)):
+        with all_or_nothing(args.output, getattr(args, "plot", None), getattr(args, "csv", None)):
             func(args, cfg)
     except UlmError as exc:
         print(f"ulm {args.stage}: error: {exc}", file=sys.stderr)

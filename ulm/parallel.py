@@ -29,4 +29,3 @@ def concurrent_kernels_ok() -> bool:
     """True when parallel kernels may be launched from several Python threads at once."""
     _touch(np.zeros(2))  # the threading layer is chosen at the first parallel launch
     return numba.threading_layer() in ("omp", "tbb")
-

@@ -124,3 +124,28 @@ def plot_iq(iq, path: str | Path, max_frames: int = 512) -> None:
         ax.set_xlabel("x (um)")
         ax.set_ylabel("z, depth (um)")
     _save(fig, path)
+
+
+def plot_trade_off(rows: list[dict], point: dict, iq_bytes: int, sparse_bytes: int, path: str | Path) -> None:
+    """Kept fraction of sites vs fraction of imaged MB positions kept, with the configured point."""
+    fig, ax = plt.subplots(figsize=(6.5, 4.8))
+    kept = [r["kept_fraction"] for r in rows]
+    mb = [r["mb_fraction"] for r in rows]
+    ax.plot(kept, mb, "o-", label=f"{rows[0]['method']} sweep")
+    last = 0.0
+    for r in sorted(rows, key=lambda r: r["kept_fraction"]):  # label points at least 1.6x apart
+        if r["kept_fraction"] > 1.6 * last:
+            xy = (r["kept_fraction"], r["mb_fraction"])
+            ax.annotate(f"{r['parameter']:.3g}", xy, fontsize=7, xytext=(3, -9), textcoords="offset points")
+            last = r["kept_fraction"]
+    ax.plot(point["kept_fraction"], point["mb_fraction"], "r*", ms=14, label=f"configured ({point['parameter']:.3g})")
+    ax.set_xscale("log")
+    ax.set_xlabel("kept fraction of sites")
+    ax.set_ylabel("fraction of imaged MB positions kept")
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    ratio = iq_bytes / max(sparse_bytes, 1)
+    title = f"{rows[0]['method']}: sparse store {sparse_bytes / 1e6:.2f} MB vs iq {iq_bytes / 1e6:.2f} MB ({ratio:.1f}x smaller)"
+    ax.set_title(title, fontsize=9)
+    ax.legend(loc="lower right")
+    _save(fig, path)

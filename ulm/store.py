@@ -309,6 +309,10 @@ class TracksReader:
         rel = np.repeat(np.arange(t1 - t0), np.diff(self.frame_offsets[t0 : t1 + 1]))
         return pos, rel
 
+    def bubbles(self, a: int, b: int) -> np.ndarray:
+        """Bubble ids of rows [a, b)."""
+        return self._group["bubble"][a:b]
+
     def bbox_um(self, chunk_rows: int = 1 << 20) -> np.ndarray:
         """[x0, x1, y0, y1, z0, z1] of all positions (read chunk by chunk)."""
         pos = self._group["pos_um"]
@@ -367,3 +371,77 @@ def read_iq(path: str | Path) -> Iq:
         raise UlmError(f"iq store {path}: expected complex64 (T, Z, X) or (T, Z, Y, X) with attrs {list(IQ_ATTRS)}; "
                        f"got {arr.dtype} {arr.shape}, missing attrs {missing}")  # fmt: skip
     return Iq(arr, attrs)
+
+
+# ------------------------------------------------------------------------- sparse / target / pred
+COO_ARRAYS = ("coords", "feats", "block_offsets", "block_origin")
+
+
+class CooWriter(_StreamingStore):
+    """``sparse.zarr`` / ``target.zarr`` / ``pred.zarr``: COO sites appended block by block, so block b
+    is rows [block_offsets[b], block_offsets[b+1]) and ``block_origin[b]`` its first iq index."""
+
+    def __init__(self, path: str | Path, n_coords: int, n_feats: int, attrs: dict, chunk_rows: int = 1 << 18):
+        super().__init__(path, attrs)
+        self._n_coords, self._n_feats, self._chunk_rows = n_coords, n_feats, chunk_rows
+        self._offsets, self._origins = [0], []
+
+    def _create(self) -> None:
+        rows = self._chunk_rows
+        self._coords = self._group.create_array(
+            "coords", shape=(0, self._n_coords), dtype="i4", chunks=(rows, self._n_coords), compressors=COMPRESSOR
+        )
+        self._feats = self._group.create_array(
+            "feats", shape=(0, self._n_feats), dtype="f4", chunks=(rows, self._n_feats), compressors=COMPRESSOR
+        )
+
+    def append(self, coords: np.ndarray, feats: np.ndarray, origin: np.ndarray) -> None:
+        """Append one block's sites (coords (N, n_coords), feats (N, n_feats)) and its origin."""
+        if len(coords) != len(feats):
+            raise ValueError("coords and feats need the same number of rows")
+        if len(coords):
+            self._coords.append(np.asarray(coords, np.int32).reshape(-1, self._n_coords), axis=0)
+            self._feats.append(np.asarray(feats, np.float32).reshape(-1, self._n_feats), axis=0)
+        self._offsets.append(self._offsets[-1] + len(coords))
+        self._origins.append(np.asarray(origin, np.int64))
+
+    def _finish(self) -> None:
+        _put(self._group, "block_offsets", np.asarray(self._offsets, np.int64))
+        width = len(self._origins[0]) if self._origins else self._n_coords
+        _put(self._group, "block_origin", np.asarray(self._origins, np.int64).reshape(-1, width))
+
+
+class CooStore:
+    """Validated, O(1) random access to the blocks of a COO store (readable from worker processes)."""
+
+    def __init__(self, path: str | Path, kind: str = "sparse"):
+        self.path, self.kind = Path(path), kind
+        g = _open(path, kind, COO_ARRAYS)
+        self.attrs = g.attrs.asdict()
+        coords, feats = g["coords"], g["feats"]
+        self.offsets, self.origin = g["block_offsets"][:], g["block_origin"][:]
+        problems = []
+        if coords.dtype.kind != "i" or coords.ndim != 2:
+            problems.append(f"coords must be 2-D integers, got {coords.dtype} {coords.shape}")
+        if feats.dtype != np.float32 or feats.ndim != 2 or feats.shape[0] != coords.shape[0]:
+            problems.append(f"feats must be float32 with one row per coordinate, got {feats.dtype} {feats.shape}")
+        off = self.offsets
+        if self.offsets.dtype.kind not in "iu" or len(off) < 1 or off[0] != 0 or np.any(np.diff(off) < 0):
+            problems.append("block_offsets must rise from 0")
+        elif off[-1] != coords.shape[0]:
+            problems.append(f"block_offsets end at {off[-1]} but there are {coords.shape[0]} rows (truncated store?)")
+        if len(self.origin) != len(off) - 1:
+            problems.append(f"block_origin has {len(self.origin)} rows for {len(off) - 1} blocks")
+        if problems:
+            raise UlmError(f"{kind} store {path}: {'; '.join(problems)}")
+        self._coords, self._feats = coords, feats
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def block(self, b: int) -> tuple[np.ndarray, np.ndarray]:
+        """Coordinates (N, C) int32 and features (N, F) float32 of block ``b``."""
+        if not 0 <= b < len(self):
+            raise IndexError(f"block {b} out of range 0..{len(self) - 1}")
+        a, z = int(self.offsets[b]), int(self.offsets[b + 1])
+        return self._coords[a:z], self._feats[a:z]

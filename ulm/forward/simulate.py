@@ -21,6 +21,7 @@ from ulm.forward.geometry import Grid, Probe, check_field_of_view, make_grid, ma
 from ulm.forward.psf import PsfTable, measure_psf_table, render_psf
 from ulm.forward.realism import add_noise, clutter_scatterers, svd_filter
 from ulm.forward.rf import rf_image
+from ulm.imaging import in_slab
 from ulm.parallel import concurrent_kernels_ok
 from ulm.store import IqWriter, TracksReader
 
@@ -139,7 +140,7 @@ def simulate_iq(
         t1 = min(t0 + block, n_frames)
         pos, rel = tracks.frames(t0, t1)
         if dims == 2:  # bubbles inside the elevation slab, projected onto the plane
-            inside = np.abs(pos[:, 1] - plane_y) <= fcfg["slab_um"] / 2
+            inside = in_slab(pos, plane_y, fcfg["slab_um"])
             pos, rel = pos[inside], rel[inside]
             pos[:, 1] = plane_y
         data = model.render(pos, np.ones(len(pos)), rel, t1 - t0)

@@ -27,9 +27,11 @@ ULM = (
 )
 
 
-def section(name, drop=()):
-    """One config section as compact JSON: the `params:` that make a rule rerun when it changes."""
-    return json.dumps({k: v for k, v in config[name].items() if k not in drop}, sort_keys=True)
+def section(name, drop=(), keep=None):
+    """A config section (or the ``keep`` keys of it) as compact JSON: the `params:` that make a rule
+    rerun exactly when a value it uses changes."""
+    part = {k: v for k, v in config[name].items() if k not in drop and (keep is None or k in keep)}
+    return json.dumps(part, sort_keys=True)
 
 
 def graph_source_file():
@@ -45,5 +47,6 @@ def graph_seed():
 
 def all_outputs():
     ground_truth = expand(f"{RESULTS}/c{{c}}/{{name}}", c=config["concentrations"], name=["tracks.zarr", "tracks.png"])
-    imaging = expand(f"{RESULTS}/{{d}}d/c{{c}}/{{name}}", d=config["dims"], c=config["concentrations"], name=["iq.zarr", "iq.png"])
+    per_run = ["iq.zarr", "iq.png", "target.zarr"] + [f"sparse-{m}.{ext}" for m in config["sparse"]["methods"] for ext in ("zarr", "png")]
+    imaging = expand(f"{RESULTS}/{{d}}d/c{{c}}/{{name}}", d=config["dims"], c=config["concentrations"], name=per_run)
     return [f"{RESULTS}/flow.png", *ground_truth, *imaging]

@@ -1,0 +1,197 @@
+"""Dense IQ blocks -> sparse COO tensors (the input of the sparse networks), and the trade-off curves.
+
+The IQ time series is cut into blocks of ``block_frames`` frames and, where the field of view is
+larger than ``tile_px``, into spatial tiles. In each block the power Re^2 + Im^2 is normalised by the
+block's maximum; ``threshold`` keeps the sites whose normalised power is strictly above ``tau``,
+``topk`` the ``topk_k`` strongest sites (ties: lowest (t, z, y, x) index first). Features are the IQ
+divided by sqrt(max power), so that every block's strongest site has |feature| = 1.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from pathlib import Path
+
+import dask
+import numpy as np
+from tqdm import tqdm
+
+from ulm.errors import UlmError
+from ulm.imaging import continuous_index, in_slab, slab_of
+from ulm.store import CooWriter, Iq, TracksReader, read_iq
+
+
+# ---------------------------------------------------------------------------------------- tiling
+def axis_starts(n: int, tile: int, overlap: int) -> list[int]:
+    """Tile starts covering 0..n-1 with tiles of ``tile`` (the last one flush with the end)."""
+    if n <= tile:
+        return [0]
+    stride = tile - overlap
+    if stride <= 0:
+        raise UlmError(f"sparse.tile_overlap_px ({overlap}) must be smaller than sparse.tile_px ({tile})")
+    starts = list(range(0, n - tile + 1, stride))
+    return starts if starts[-1] == n - tile else [*starts, n - tile]
+
+
+@dataclass(frozen=True)
+class Tiling:
+    """Blocks of an iq array: ``block_shape`` (T, *tile) and each block's origin (t0, *tile start)."""
+
+    block_shape: tuple[int, ...]
+    origins: np.ndarray  # (B, 1 + D), time-major
+
+    def __len__(self) -> int:
+        return len(self.origins)
+
+    def time_blocks(self) -> list[int]:
+        return sorted(set(self.origins[:, 0].tolist()))
+
+    def tiles_of(self, t0: int) -> np.ndarray:
+        return self.origins[self.origins[:, 0] == t0]
+
+
+def make_tiling(iq_shape: tuple[int, ...], cfg: dict) -> Tiling:
+    """Blocks for an iq array of ``iq_shape`` (T, *spatial) following the ``sparse`` config section."""
+    n_frames, spatial = iq_shape[0], iq_shape[1:]
+    frames = cfg["block_frames"]
+    if n_frames < frames:
+        raise UlmError(f"iq has {n_frames} frames, fewer than sparse.block_frames = {frames}")
+    tile = tuple(min(cfg["tile_px"], n) for n in spatial)
+    starts = [axis_starts(n, t, cfg["tile_overlap_px"]) for n, t in zip(spatial, tile, strict=True)]
+    origins = [(t0, *s) for t0 in range(0, n_frames - frames + 1, frames) for s in itertools.product(*starts)]
+    return Tiling(block_shape=(frames, *tile), origins=np.asarray(origins, dtype=np.int64))
+
+
+def cut(data: np.ndarray, origin: np.ndarray, block_shape: tuple[int, ...], t0: int) -> np.ndarray:
+    """The block at ``origin`` (iq indices) out of ``data``, whose first frame is ``t0``."""
+    start = np.array(origin)
+    start[0] -= t0
+    return data[tuple(slice(o, o + n) for o, n in zip(start, block_shape, strict=True))]
+
+
+# ------------------------------------------------------------------------------- sparsification
+def normalise(block: np.ndarray) -> tuple[np.ndarray, float]:
+    """Normalised power of a block and the scale (sqrt of its maximum power) of its features."""
+    power = block.real.astype(np.float64) ** 2 + block.imag.astype(np.float64) ** 2
+    peak = float(power.max()) if power.size else 0.0
+    return (power / peak if peak > 0 else power), np.sqrt(peak) if peak > 0 else 1.0
+
+
+def keep_mask(power: np.ndarray, method: str, tau: float, k: int) -> np.ndarray:
+    """Boolean mask of the kept sites of a normalised-power block."""
+    if method == "threshold":
+        return power > tau
+    if method == "topk":
+        flat = power.ravel()
+        order = np.argsort(-flat, kind="stable")[: min(k, flat.size)]  # stable: lowest index wins ties
+        mask = np.zeros(flat.size, dtype=bool)
+        mask[order] = True
+        return mask.reshape(power.shape)
+    raise UlmError(f"sparse.method {method!r}: expected threshold or topk")
+
+
+def sparsify_block(block: np.ndarray, method: str, tau: float, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """COO of one block: coords (N, 1 + D) int32 in (t, z, [y,] x) order and feats (N, 2) (Re, Im)."""
+    power, scale = normalise(block)
+    mask = keep_mask(power, method, tau, k)
+    coords = np.argwhere(mask).astype(np.int32)
+    values = block[mask] / scale
+    return coords, np.column_stack([values.real, values.imag]).astype(np.float32)
+
+
+def to_dense(coords: np.ndarray, feats: np.ndarray, block_shape: tuple[int, ...]) -> np.ndarray:
+    """Complex dense block from COO (zeros where no site was kept)."""
+    out = np.zeros(block_shape, np.complex64)
+    out[tuple(coords.T)] = feats[:, 0] + 1j * feats[:, 1]
+    return out
+
+
+def sparsify_iq(iq_path: str | Path, out_path: str | Path, cfg: dict, progress: bool = True) -> Tiling:
+    """The `ulm sparsify` stage: every block of ``iq.zarr`` -> ``sparse.zarr``, time blocks computed in
+    parallel by dask in groups of ``workers`` and appended in order (memory flat in the block count)."""
+    iq = read_iq(iq_path)
+    tiling = make_tiling(iq.iq.shape, cfg)
+    method = cfg["method"]
+
+    def convert(t0: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        data = iq.iq[t0 : t0 + tiling.block_shape[0]]
+        return [
+            (*sparsify_block(cut(data, o, tiling.block_shape, t0), method, cfg["tau"], cfg["topk_k"]), o)
+            for o in tiling.tiles_of(t0)
+        ]
+
+    attrs = {
+        "block_shape": list(tiling.block_shape),
+        "method": method,
+        "params": {"tau": cfg["tau"]} if method == "threshold" else {"k": cfg["topk_k"]},
+        "normalisation": "feats = IQ / sqrt(max power of the block)",
+        "sparse": cfg,
+        "iq": {k: iq.attrs[k] for k in ("origin_um", "spacing_um", "wavelength_um", "frame_rate_hz") if k in iq.attrs}
+        | ({"plane_y_um": iq.attrs["plane_y_um"]} if "plane_y_um" in iq.attrs else {}),
+    }
+    times = tiling.time_blocks()
+    with (
+        CooWriter(out_path, iq.dims + 1, 2, attrs) as writer,
+        tqdm(total=len(times), unit="block", desc=f"sparsify {method}", disable=not progress) as bar,
+    ):
+        for group in (times[i : i + cfg["workers"]] for i in range(0, len(times), cfg["workers"])):
+            for pieces in dask.compute(
+                *[dask.delayed(convert)(t0) for t0 in group], scheduler="threads", num_workers=cfg["workers"]
+            ):
+                for coords, feats, origin in pieces:
+                    writer.append(coords, feats, origin)
+            bar.update(len(group))
+    return tiling
+
+
+# ------------------------------------------------------------------------------------ trade-off
+def imaged_bubble_sites(tracks: TracksReader, iq: Iq, t0: int, t1: int) -> np.ndarray:
+    """(M, 1 + D) iq indices (t relative to t0, then nearest pixel) of the bubbles imaged in frames [t0, t1)."""
+    pos, rel = tracks.frames(t0, t1)
+    plane_y, slab = slab_of(iq.attrs)
+    keep = in_slab(pos, plane_y, slab)
+    idx = np.rint(continuous_index(pos[keep], iq.attrs["origin_um"], iq.attrs["spacing_um"])).astype(np.int64)
+    inside = np.all((idx >= 0) & (idx < np.asarray(iq.iq.shape[1:])), axis=1)
+    return np.column_stack([rel[keep][inside], idx[inside]])
+
+
+def trade_off(
+    iq_path: str | Path, tracks_path: str | Path, cfg: dict, max_blocks: int = 4, values: list | None = None
+) -> list[dict]:
+    """Kept fraction of sites vs fraction of imaged ground-truth MB positions whose pixel is kept,
+    for ``values`` of the method's parameter (default: ``trade_off_points`` values spanning its
+    range), on the first ``max_blocks`` time blocks."""
+    iq, tracks = read_iq(iq_path), TracksReader(tracks_path)
+    tiling = make_tiling(iq.iq.shape, cfg)
+    frames = tiling.block_shape[0]
+    n = cfg["trade_off_points"]
+    sites = int(np.prod(tiling.block_shape))
+    if values is None:
+        values = (
+            np.logspace(-4, 0, n, endpoint=False)
+            if cfg["method"] == "threshold"
+            else np.unique(np.geomspace(1, sites, n).astype(int))
+        )
+    kept, hit, total_sites, total_mb = np.zeros(len(values)), np.zeros(len(values)), 0, 0
+    for t0 in tiling.time_blocks()[:max_blocks]:
+        data = iq.iq[t0 : t0 + frames]
+        mb = imaged_bubble_sites(tracks, iq, t0, t0 + frames)
+        for origin in tiling.tiles_of(t0):
+            block = cut(data, origin, tiling.block_shape, t0)
+            local = mb - np.concatenate([[0], origin[1:]])
+            local = local[np.all((local >= 0) & (local < np.asarray(tiling.block_shape)), axis=1)]
+            power, _ = normalise(block)
+            total_sites += block.size
+            total_mb += len(local)
+            for j, v in enumerate(values):
+                mask = keep_mask(power, cfg["method"], float(v), int(v))
+                kept[j] += mask.sum()
+                hit[j] += mask[tuple(local.T)].sum() if len(local) else 0
+    return [{"method": cfg["method"], "parameter": float(v), "kept_fraction": kept[j] / total_sites,
+             "mb_fraction": hit[j] / max(total_mb, 1)} for j, v in enumerate(values)]  # fmt: skip
+
+
+def store_bytes(path: str | Path) -> int:
+    """Bytes on disk of a store directory."""
+    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())

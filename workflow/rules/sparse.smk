@@ -1,0 +1,50 @@
+# Sparse conversion: beamformed IQ -> COO blocks for the sparse networks, and 8x ground-truth targets.
+
+
+rule sparsify:
+    input:
+        iq=f"{RESULTS}/{{dims}}d/c{{c}}/iq.zarr",
+        tracks=f"{RESULTS}/c{{c}}/tracks.zarr",
+    output:
+        store=directory(f"{RESULTS}/{{dims}}d/c{{c}}/sparse-{{method}}.zarr"),
+        csv=f"{RESULTS}/{{dims}}d/c{{c}}/sparse-{{method}}.csv",
+        plot=report(f"{RESULTS}/{{dims}}d/c{{c}}/sparse-{{method}}.png", caption="../report/sparse.rst", category="Sparsification"),
+    params:
+        cfg=section("sparse", drop=("methods", "method")),
+    wildcard_constraints:
+        dims="[23]",
+        c=r"\d+",
+        method="threshold|topk",
+    log:
+        f"{LOGS}/{{dims}}d/c{{c}}/sparsify-{{method}}.log",
+    conda:
+        "../../envs/simulation.yaml"
+    threads: config["sparse"]["workers"]
+    resources:
+        mem_mb=8000,
+        runtime=60,
+    shell:
+        "{ULM} sparsify --quiet --set sparse={params.cfg:q} --set sparse.method={wildcards.method}"
+        " --tracks {input.tracks} --csv {output.csv} --plot {output.plot} {input.iq} {output.store} > {log} 2>&1"
+
+
+rule targets:
+    input:
+        tracks=f"{RESULTS}/c{{c}}/tracks.zarr",
+        iq=f"{RESULTS}/{{dims}}d/c{{c}}/iq.zarr",
+    output:
+        directory(f"{RESULTS}/{{dims}}d/c{{c}}/target.zarr"),
+    params:
+        cfg=section("sparse", keep=("block_frames", "tile_px", "tile_overlap_px", "factor")),
+    wildcard_constraints:
+        dims="[23]",
+        c=r"\d+",
+    log:
+        f"{LOGS}/{{dims}}d/c{{c}}/targets.log",
+    conda:
+        "../../envs/simulation.yaml"
+    resources:
+        mem_mb=8000,
+        runtime=60,
+    shell:
+        "{ULM} targets --quiet --set sparse={params.cfg:q} {input.tracks} {input.iq} {output} > {log} 2>&1"
