@@ -10,7 +10,8 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 CHECK_STORES = ROOT.parent / "shared" / "tools" / "check_stores.py"
-SMALL = {"run": "t", "concentrations": [3], "bubbles": {"n_frames": 200, "chunk_frames": 64}}
+SMALL = {"run": "t", "concentrations": [3], "bubbles": {"n_frames": 200, "chunk_frames": 64}, "sparse": {"block_frames": 64}}
+IMAGING = {"forward": 1, "sparsify": 2, "targets": 1}  # two sparsification methods by default
 
 
 def snakemake(workdir: Path, config: dict, *args: str) -> subprocess.CompletedProcess:
@@ -42,13 +43,15 @@ def finished_run(tmp_path_factory):
 @pytest.mark.slow
 def test_pipeline_writes_contract_stores_and_plots(finished_run):
     out = finished_run / "results" / "t"
-    for name in ("graph.zarr", "flow.zarr", "flow.png", "c3/tracks.zarr", "c3/tracks.png", "2d/c3/iq.zarr", "2d/c3/iq.png"):
+    produced = ["graph.zarr", "flow.zarr", "flow.png", "c3/tracks.zarr", "c3/tracks.png", "2d/c3/iq.zarr", "2d/c3/iq.png"]
+    produced += ["2d/c3/target.zarr", "2d/c3/sparse-threshold.zarr", "2d/c3/sparse-topk.csv", "2d/c3/sparse-topk.png"]
+    for name in produced:
         assert (out / name).exists(), name
     assert not list(out.rglob("*.tmp"))
     if CHECK_STORES.exists():
         check = subprocess.run([sys.executable, str(CHECK_STORES), str(out)], capture_output=True, text=True)
         assert check.returncode == 0, check.stdout
-        assert check.stdout.count("ok ") == 4
+        assert check.stdout.count("ok ") == 7
 
 
 @pytest.mark.slow
@@ -56,14 +59,19 @@ def test_pipeline_writes_contract_stores_and_plots(finished_run):
     ("change", "expected"),
     [
         ({}, {}),
-        ({"flow": {"pressure_artery_mmHg": 80.0}}, {"flow": 1, "bubbles": 1, "forward": 1, "all": 1}),
-        ({"graph": {"merge_tol_um": 0.5}}, {"graph": 1, "flow": 1, "bubbles": 1, "forward": 1, "all": 1}),
-        ({"bubbles": {"n_frames": 300, "chunk_frames": 64}}, {"bubbles": 1, "forward": 1, "all": 1}),
-        ({"seed": 4}, {"bubbles": 1, "forward": 1, "all": 1}),
-        ({"concentrations": [3, 5]}, {"bubbles": 1, "forward": 1, "all": 1}),
-        ({"forward": {"snr_db": 20.0}}, {"forward": 1, "all": 1}),
-        ({"probe": {"f_number": 1.5}}, {"forward": 1, "all": 1}),
-        ({"dims": [2, 3]}, {"forward": 1, "all": 1}),
+        ({"flow": {"pressure_artery_mmHg": 80.0}}, {"flow": 1, "bubbles": 1, **IMAGING, "all": 1}),
+        ({"graph": {"merge_tol_um": 0.5}}, {"graph": 1, "flow": 1, "bubbles": 1, **IMAGING, "all": 1}),
+        ({"bubbles": {"n_frames": 300, "chunk_frames": 64}}, {"bubbles": 1, **IMAGING, "all": 1}),
+        ({"seed": 4}, {"bubbles": 1, **IMAGING, "all": 1}),
+        ({"concentrations": [3, 5]}, {"bubbles": 1, **IMAGING, "all": 1}),
+        ({"forward": {"snr_db": 20.0}}, {**IMAGING, "all": 1}),
+        ({"forward": {"workers": 1}}, {}),
+        ({"probe": {"f_number": 1.5}}, {**IMAGING, "all": 1}),
+        ({"dims": [2, 3]}, {**IMAGING, "all": 1}),
+        ({"sparse": {"block_frames": 64, "tau": 0.2}}, {"sparsify": 1, "all": 1}),
+        ({"sparse": {"block_frames": 64, "topk_k": 500}}, {"sparsify": 1, "all": 1}),
+        ({"sparse": {"block_frames": 64, "factor": 4}}, {"targets": 1, "all": 1}),
+        ({"sparse": {"block_frames": 32}}, {"sparsify": 2, "targets": 1, "all": 1}),
     ],
 )
 def test_changing_a_parameter_reruns_only_its_stage_and_downstream(finished_run, change, expected):

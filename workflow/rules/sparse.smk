@@ -1,5 +1,11 @@
 # Sparse conversion: beamformed IQ -> COO blocks for the sparse networks, and 8x ground-truth targets.
 
+# keys that do not change a method's output (so changing them does not rerun it)
+SPARSIFY_IGNORES = {
+    method: ("methods", "method", "factor", "workers", other)
+    for method, other in (("threshold", "topk_k"), ("topk", "tau"))
+}
+
 
 rule sparsify:
     input:
@@ -10,7 +16,7 @@ rule sparsify:
         csv=f"{RESULTS}/{{dims}}d/c{{c}}/sparse-{{method}}.csv",
         plot=report(f"{RESULTS}/{{dims}}d/c{{c}}/sparse-{{method}}.png", caption="../report/sparse.rst", category="Sparsification"),
     params:
-        cfg=section("sparse", drop=("methods", "method")),
+        cfg=lambda w: section("sparse", drop=SPARSIFY_IGNORES[w.method]),
     wildcard_constraints:
         dims="[23]",
         c=r"\d+",
@@ -18,7 +24,7 @@ rule sparsify:
     log:
         f"{LOGS}/{{dims}}d/c{{c}}/sparsify-{{method}}.log",
     conda:
-        "../../envs/simulation.yaml"
+        "../../envs/nn.yaml"
     threads: config["sparse"]["workers"]
     resources:
         mem_mb=8000,
@@ -42,7 +48,7 @@ rule targets:
     log:
         f"{LOGS}/{{dims}}d/c{{c}}/targets.log",
     conda:
-        "../../envs/simulation.yaml"
+        "../../envs/nn.yaml"
     resources:
         mem_mb=8000,
         runtime=60,
