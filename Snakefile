@@ -22,6 +22,7 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/simulation.smk"
 include: "workflow/rules/forward.smk"
 include: "workflow/rules/sparse.smk"
+include: "workflow/rules/network.smk"
 
 
 rule all:

@@ -72,3 +72,10 @@ def test_derived_seeds_are_stable_and_distinct():
     assert derive_seed(0, "bubbles", 10) == derive_seed(0, "bubbles", 10)
     assert len({derive_seed(0, "bubbles", c) for c in (1, 5, 10, 20)} | {derive_seed(1, "bubbles", 10)}) == 5
     assert 0 <= derive_seed(0, "x") < 2**63
+
+
+def test_numbers_given_as_text_are_parsed_but_bad_text_is_still_rejected():
+    cfg = validate_config({"bubbles": {"n_frames": "8192"}, "dims": "[2, 3]"})
+    assert cfg["bubbles"]["n_frames"] == 8192 and cfg["dims"] == [2, 3]
+    with pytest.raises(UlmError, match="bubbles.n_frames"):
+        validate_config({"bubbles": {"n_frames": "many"}})

@@ -98,6 +98,8 @@ def cmd_sparsify(args: argparse.Namespace, cfg: dict) -> None:
         f"sparsify: {len(tiling)} blocks of {tiling.block_shape}, {sparse_bytes / 1e6:.2f} MB vs iq {iq_bytes / 1e6:.2f} MB",
         file=sys.stderr,
     )
+    if args.csv and not args.tracks:
+        raise UlmError("sparsify --csv needs --tracks (the ground truth of the trade-off)")
     if args.tracks and (args.csv or args.plot):
         from ulm.plots import plot_trade_off
 
@@ -121,6 +123,22 @@ def cmd_targets(args: argparse.Namespace, cfg: dict) -> None:
     make_targets(args.tracks, args.iq, args.output, cfg["sparse"], progress=not args.quiet)
 
 
+def cmd_train(args: argparse.Namespace, cfg: dict) -> None:
+    from ulm.train import train
+
+    rows, trivial = train(args.sparse, args.target, args.output, cfg["train"], derive_seed(cfg["seed"], "train"), iq_path=args.iq,
+                          progress=not args.quiet)  # fmt: skip
+    best = max(rows, key=lambda r: r["val_dice"])
+    print(f"train: validation Dice untrained {rows[0]['val_dice']:.3f}, trivial predictor (upsampled input) {trivial:.3f}, "
+          f"best {best['val_dice']:.3f} at epoch {best['epoch']}", file=sys.stderr)  # fmt: skip
+
+
+def cmd_infer(args: argparse.Namespace, cfg: dict) -> None:
+    from ulm.infer import predict
+
+    predict(args.checkpoint, args.sparse, args.output, cfg["train"]["device"], iq_path=args.iq, progress=not args.quiet)
+
+
 STAGES = {
     "graph": (cmd_graph, ["source", "output"], "read/generate and clean a vascular graph -> graph.zarr"),
     "flow": (cmd_flow, ["graph", "output"], "Poiseuille network flow: graph.zarr -> flow.zarr"),
@@ -128,6 +146,8 @@ STAGES = {
     "forward": (cmd_forward, ["tracks", "output"], "ultrasound forward model: tracks.zarr -> iq.zarr"),
     "sparsify": (cmd_sparsify, ["iq", "output"], "sparse COO blocks: iq.zarr -> sparse.zarr"),
     "targets": (cmd_targets, ["tracks", "iq", "output"], "8x ground-truth passage maps: tracks.zarr iq.zarr -> target.zarr"),
+    "train": (cmd_train, ["sparse", "target", "output"], "train the network: sparse.zarr target.zarr -> model.pt"),
+    "infer": (cmd_infer, ["checkpoint", "sparse", "output"], "super-resolve every block: model.pt sparse.zarr -> pred.zarr"),
 }
 HELP = {
     "source": "graph file (.mat, .swc, .graphml), bundled:NAME or synthetic",
@@ -135,6 +155,9 @@ HELP = {
     "flow": "flow.zarr",
     "tracks": "tracks.zarr",
     "iq": "iq.zarr",
+    "sparse": "sparse.zarr",
+    "target": "target.zarr",
+    "checkpoint": "model.pt written by `ulm train`",
     "output": "output store (written atomically)",
 }
 
@@ -152,6 +175,8 @@ def parser() -> argparse.ArgumentParser:
         if name == "sparsify":
             p.add_argument("--tracks", type=Path, help="tracks.zarr, to compute the trade-off curve")
             p.add_argument("--csv", type=Path, help="write the trade-off table here (needs --tracks)")
+        if name in ("train", "infer"):
+            p.add_argument("--iq", type=Path, help="iq.zarr the sparse store was made from (needed by the dense baseline)")
         if name == "forward":
             p.add_argument(
                 "--dims", type=int, choices=(2, 3), help="2 (linear array) or 3 (matrix array); default: first of `dims`"
@@ -170,6 +195,6 @@ def main(argv: list[str] | None = None) -> int:
         with all_or_nothing(args.output, getattr(args, "plot", None), getattr(args, "csv", None)):
             func(args, cfg)
     except UlmError as exc:
-        print(f"ulm {args.stage}: error: {exc}", file=sys.stderr)
+        print(f"ulm {args.stage}: error: {' '.join(str(exc).split())}", file=sys.stderr)  # always one line
         return 2
     return 0

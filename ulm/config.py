@@ -7,6 +7,7 @@ and reject the same mistakes with the same one-line message.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 from functools import cache
@@ -36,6 +37,20 @@ def _fill_defaults(cfg: dict, sch: dict) -> None:
             _fill_defaults(cfg[key], sub)
 
 
+def _coerce_strings(cfg: dict, sch: dict) -> None:
+    """Parse (YAML) string values of non-string keys in place: `snakemake --config sec='{k: 1}'` passes
+    nested values as text."""
+    for key, sub in sch.get("properties", {}).items():
+        value = cfg.get(key)
+        if isinstance(value, dict) and "properties" in sub:
+            _coerce_strings(value, sub)
+        elif isinstance(value, str) and "string" not in (
+            [sub.get("type")] if isinstance(sub.get("type"), str) else sub.get("type", [])
+        ):
+            with contextlib.suppress(yaml.YAMLError):
+                cfg[key] = yaml.safe_load(value)
+
+
 def _describe(error: jsonschema.ValidationError) -> str:
     path = ".".join(str(p) for p in error.absolute_path) or "<top level>"
     if error.validator == "additionalProperties":
@@ -56,6 +71,7 @@ def validate_config(cfg: dict) -> dict:
     if not isinstance(cfg, dict):
         raise UlmError(f"config must be a mapping of sections, got {type(cfg).__name__}")
     out = copy.deepcopy(cfg)
+    _coerce_strings(out, schema())
     _fill_defaults(out, schema())
     validator = jsonschema.Draft202012Validator(schema())
     errors = sorted(validator.iter_errors(out), key=lambda e: (len(e.absolute_path), str(e.absolute_path)))

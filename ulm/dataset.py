@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ulm.errors import UlmError
 from ulm.sparse import cut, normalise
 from ulm.store import CooStore, read_iq
 
@@ -24,14 +25,15 @@ class SparseBlocks(Dataset):
     def __init__(self, sparse_path: str | Path, target_path: str | Path | None = None):
         self.sparse_path, self.target_path = Path(sparse_path), target_path and Path(target_path)
         first = CooStore(self.sparse_path, "sparse")  # validate now, in the parent process
+        if first._feats.shape[1] != 2 or "block_shape" not in first.attrs:
+            raise UlmError(f"{self.sparse_path}: expected a sparse store with 2 feature channels (Re, Im) and attr block_shape, "
+                           f"got {first._feats.shape[1]} channels")  # fmt: skip
         self.block_shape = tuple(first.attrs["block_shape"])
         self._n = len(first)
         if self.target_path is not None:
             target = CooStore(self.target_path, "target")
             if len(target) != self._n or not np.array_equal(target.origin, first.origin):
-                raise ValueError(
-                    f"{self.target_path} does not have the blocks of {self.sparse_path} (made from another iq.zarr?)"
-                )
+                raise UlmError(f"{self.target_path} does not have the blocks of {self.sparse_path} (made from another iq.zarr?)")
             self.factor = int(target.attrs["factor"])
         self._stores: tuple | None = None
 

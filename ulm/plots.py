@@ -149,3 +149,21 @@ def plot_trade_off(rows: list[dict], point: dict, iq_bytes: int, sparse_bytes: i
     ax.set_title(title, fontsize=9)
     ax.legend(loc="lower right")
     _save(fig, path)
+
+
+def plot_training(rows: list[dict], path: str | Path) -> None:
+    """Training / validation loss and validation Dice per epoch (epoch 0: untrained)."""
+    epochs = [r["epoch"] for r in rows]
+    fig, (ax_l, ax_d) = plt.subplots(1, 2, figsize=(11, 4))
+    ax_l.plot(epochs[1:], [r["train_loss"] for r in rows[1:]], "o-", label="train")
+    ax_l.plot(epochs, [r["val_loss"] for r in rows], "s-", label="validation")
+    ax_l.set_xlabel("epoch")
+    ax_l.set_ylabel("Dice loss")
+    ax_l.legend()
+    ax_d.plot(epochs, [r["val_dice"] for r in rows], "o-", color="tab:green")
+    ax_d.set_xlabel("epoch")
+    ax_d.set_ylabel("validation Dice (p > 0.5)")
+    ax_d.set_ylim(0, 1)
+    for ax in (ax_l, ax_d):
+        ax.grid(alpha=0.3)
+    _save(fig, path)

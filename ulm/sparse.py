@@ -156,6 +156,14 @@ def imaged_bubble_sites(tracks: TracksReader, iq: Iq, t0: int, t1: int) -> np.nd
     return np.column_stack([rel[keep][inside], idx[inside]])
 
 
+def check_tracks_cover(tracks: TracksReader, tiling: Tiling, iq_path: str | Path) -> None:
+    """One clear error when the tracks end before the last block of the iq data they should describe."""
+    needed = tiling.time_blocks()[-1] + tiling.block_shape[0]
+    if tracks.n_frames < needed:
+        raise UlmError(f"tracks store {tracks.path} has {tracks.n_frames} frames, but the blocks of {iq_path} need {needed}: "
+                       "were they made from the same run?")  # fmt: skip
+
+
 def trade_off(
     iq_path: str | Path, tracks_path: str | Path, cfg: dict, max_blocks: int = 4, values: list | None = None
 ) -> list[dict]:
@@ -164,6 +172,7 @@ def trade_off(
     range), on the first ``max_blocks`` time blocks."""
     iq, tracks = read_iq(iq_path), TracksReader(tracks_path)
     tiling = make_tiling(iq.iq.shape, cfg)
+    check_tracks_cover(tracks, tiling, iq_path)
     frames = tiling.block_shape[0]
     n = cfg["trade_off_points"]
     sites = int(np.prod(tiling.block_shape))

@@ -381,10 +381,11 @@ class CooWriter(_StreamingStore):
     """``sparse.zarr`` / ``target.zarr`` / ``pred.zarr``: COO sites appended block by block, so block b
     is rows [block_offsets[b], block_offsets[b+1]) and ``block_origin[b]`` its first iq index."""
 
-    def __init__(self, path: str | Path, n_coords: int, n_feats: int, attrs: dict, chunk_rows: int = 1 << 18):
+    def __init__(self, path: str | Path, n_coords: int, n_feats: int, attrs: dict, chunk_rows: int = 1 << 14):
         super().__init__(path, attrs)
         self._n_coords, self._n_feats, self._chunk_rows = n_coords, n_feats, chunk_rows
         self._offsets, self._origins = [0], []
+        self._pending: list[tuple[np.ndarray, np.ndarray]] = []  # rows not yet written: whole chunks only
 
     def _create(self) -> None:
         rows = self._chunk_rows
@@ -400,12 +401,29 @@ class CooWriter(_StreamingStore):
         if len(coords) != len(feats):
             raise ValueError("coords and feats need the same number of rows")
         if len(coords):
-            self._coords.append(np.asarray(coords, np.int32).reshape(-1, self._n_coords), axis=0)
-            self._feats.append(np.asarray(feats, np.float32).reshape(-1, self._n_feats), axis=0)
+            self._pending.append(
+                (
+                    np.asarray(coords, np.int32).reshape(-1, self._n_coords),
+                    np.asarray(feats, np.float32).reshape(-1, self._n_feats),
+                )
+            )
         self._offsets.append(self._offsets[-1] + len(coords))
         self._origins.append(np.asarray(origin, np.int64))
+        if self._offsets[-1] - self._coords.shape[0] >= self._chunk_rows:
+            self._flush(whole_chunks=True)
+
+    def _flush(self, whole_chunks: bool) -> None:
+        """Append the pending rows (all, or as many whole chunks as there are) in one write per array."""
+        if not self._pending:
+            return
+        coords, feats = np.concatenate([c for c, _ in self._pending]), np.concatenate([f for _, f in self._pending])
+        n = len(coords) // self._chunk_rows * self._chunk_rows if whole_chunks else len(coords)
+        self._coords.append(coords[:n], axis=0)
+        self._feats.append(feats[:n], axis=0)
+        self._pending = [(coords[n:], feats[n:])] if n < len(coords) else []
 
     def _finish(self) -> None:
+        self._flush(whole_chunks=False)
         _put(self._group, "block_offsets", np.asarray(self._offsets, np.int64))
         width = len(self._origins[0]) if self._origins else self._n_coords
         _put(self._group, "block_origin", np.asarray(self._origins, np.int64).reshape(-1, width))
@@ -445,3 +463,153 @@ class CooStore:
             raise IndexError(f"block {b} out of range 0..{len(self) - 1}")
         a, z = int(self.offsets[b]), int(self.offsets[b + 1])
         return self._coords[a:z], self._feats[a:z]
+
+
+# ------------------------------------------------------------------------------- localizations
+LOC_ARRAYS = ("frame", "pos_um", "track", "frame_offsets")
+
+
+@dataclass
+class Localizations:
+    """Conventional ULM localizations, sorted by frame.
+
+    frame : (M,) int32; pos_um : (M, 3) float32 world (x, y, z), y = ``plane_y_um`` in 2D;
+    track : (M,) int64 track id, -1 if untracked; frame_offsets : (T+1,) int64, rows of frame t are
+    [off[t], off[t+1]). ``attrs`` holds ``frame_rate_hz`` and the iq grid (origin_um, spacing_um, shape).
+    """
+
+    frame: np.ndarray
+    pos_um: np.ndarray
+    track: np.ndarray
+    frame_offsets: np.ndarray
+    attrs: dict = field(default_factory=dict)
+
+    @property
+    def n_frames(self) -> int:
+        return len(self.frame_offsets) - 1
+
+    def rows(self, t: int) -> slice:
+        """Row slice of frame ``t``."""
+        return slice(int(self.frame_offsets[t]), int(self.frame_offsets[t + 1]))
+
+
+class LocalizationsWriter(_StreamingStore):
+    """Stream ``localizations.zarr`` frame block by frame block (memory flat in the run length).
+
+    Track ids may be provisional while streaming: :meth:`relabel` sets a mapping old id -> new id
+    (-1 = untracked) that is applied to the whole ``track`` array, chunk by chunk, when the store is closed.
+    """
+
+    def __init__(self, path: str | Path, attrs: dict, chunk_rows: int = 1 << 16):
+        if "frame_rate_hz" not in attrs:
+            raise ValueError("localizations attrs need frame_rate_hz")
+        super().__init__(path, attrs)
+        self._chunk_rows = chunk_rows
+        self._counts: list[np.ndarray] = []
+        self._next_frame = 0
+        self._mapping: np.ndarray | None = None
+
+    def _create(self) -> None:
+        rows = self._chunk_rows
+        spec = {"frame": ("i4", (rows,)), "pos_um": ("f4", (rows, 3)), "track": ("i8", (rows,))}
+        self._arrays = {
+            name: self._group.create_array(name, shape=(0,) + chunks[1:], dtype=dt, chunks=chunks, compressors=COMPRESSOR)
+            for name, (dt, chunks) in spec.items()
+        }
+
+    def append(self, frame: np.ndarray, pos_um: np.ndarray, track: np.ndarray) -> None:
+        """Append rows (frame (K,), pos_um (K, 3) um, track (K,)) starting at the next unwritten frame, sorted by frame."""
+        frame = np.asarray(frame, dtype=np.int32)
+        if len(frame) and (frame[0] < self._next_frame or np.any(np.diff(frame) < 0)):
+            raise ValueError("localizations must be appended in frame order")
+        if len(frame):
+            n_frames = int(frame[-1]) + 1 - self._next_frame
+            self._counts.append(np.bincount(frame - self._next_frame, minlength=n_frames))
+            self._next_frame += n_frames
+        pos_um = np.asarray(pos_um, dtype=np.float32).reshape(-1, 3)
+        for name, data in (("frame", frame), ("pos_um", pos_um), ("track", track)):
+            self._arrays[name].append(np.asarray(data, dtype=self._arrays[name].dtype), axis=0)
+
+    def pad_frames(self, n_frames: int) -> None:
+        """Declare empty frames up to ``n_frames`` in total (frames without localization)."""
+        if n_frames > self._next_frame:
+            self._counts.append(np.zeros(n_frames - self._next_frame, dtype=np.int64))
+            self._next_frame = n_frames
+
+    def relabel(self, mapping: np.ndarray) -> None:
+        """On close, replace every track id k >= 0 by ``mapping[k]`` (int64, -1 = untracked)."""
+        self._mapping = np.asarray(mapping, dtype=np.int64)
+
+    def _finish(self) -> None:
+        counts = np.concatenate(self._counts) if self._counts else np.zeros(0, np.int64)
+        _put(self._group, "frame_offsets", np.concatenate([[0], np.cumsum(counts)]).astype(np.int64))
+        if self._mapping is not None:
+            track = self._arrays["track"]
+            for a in range(0, track.shape[0], self._chunk_rows):
+                ids = track[a : a + self._chunk_rows]
+                track[a : a + len(ids)] = np.where(ids >= 0, self._mapping[np.maximum(ids, 0)], -1)
+
+
+def write_localizations(path: str | Path, loc: Localizations, attrs: dict | None = None) -> None:
+    """Write an in-memory :class:`Localizations` as ``localizations.zarr`` atomically."""
+    with LocalizationsWriter(path, {**loc.attrs, **(attrs or {})}) as writer:
+        writer.append(loc.frame, loc.pos_um, loc.track)
+        writer.pad_frames(loc.n_frames)
+
+
+def read_localizations(path: str | Path) -> Localizations:
+    """Read a whole ``localizations.zarr`` (validated: shapes, dtypes, offsets, frame_rate_hz)."""
+    g = _open(path, "localizations", LOC_ARRAYS)
+    frame, pos, track, off = g["frame"][:], g["pos_um"][:], g["track"][:], g["frame_offsets"][:]
+    attrs = g.attrs.asdict()
+    problems = []
+    if pos.ndim != 2 or pos.shape[1] != 3 or pos.dtype.kind != "f":
+        problems.append(f"pos_um must be (M, 3) floating point in um, got {pos.shape} {pos.dtype}")
+    elif frame.shape != (len(pos),) or track.shape != (len(pos),) or frame.dtype.kind != "i" or track.dtype.kind != "i":
+        problems.append(f"frame and track must be (M,) integers with M = {len(pos)}, got {frame.shape}, {track.shape}")
+    elif len(off) < 1 or off[0] != 0 or np.any(np.diff(off) < 0) or off[-1] != len(pos):
+        problems.append(f"frame_offsets must rise from 0 to the {len(pos)} rows of pos_um")
+    if "frame_rate_hz" not in attrs:
+        problems.append("missing attr frame_rate_hz")
+    if problems:
+        raise UlmError(f"localizations store {path}: {'; '.join(problems)}")
+    return Localizations(frame, pos, track, off, attrs)
+
+
+# -------------------------------------------------------------------------------------- density
+DENSITY_ATTRS = ("origin_um", "spacing_um", "factor", "method")
+
+
+@dataclass
+class Density:
+    """An accumulated map on the ``factor`` x fine grid: ``density`` float32 (Z, X) or (Z, Y, X) and attrs
+    ``origin_um``, ``spacing_um`` (array order, um), ``factor``, ``method``."""
+
+    density: np.ndarray
+    attrs: dict
+
+    @property
+    def dims(self) -> int:
+        return self.density.ndim
+
+
+def write_density(path: str | Path, density: np.ndarray, attrs: dict) -> None:
+    """Write ``density/<method>.zarr`` atomically; ``attrs`` must hold origin_um, spacing_um, factor, method."""
+    missing = [k for k in DENSITY_ATTRS if k not in attrs]
+    density = np.asarray(density, dtype=np.float32)
+    if missing or density.ndim not in (2, 3) or any(len(attrs[k]) != density.ndim for k in ("origin_um", "spacing_um")):
+        raise ValueError(f"density needs a 2-D or 3-D map and attrs {list(DENSITY_ATTRS)} with one value per axis")
+    with atomic_path(path) as tmp:
+        g = _new_group(tmp, attrs)
+        _put(g, "density", density, chunk_rows=max(1, (1 << 22) // max(1, int(np.prod(density.shape[1:])))))
+
+
+def read_density(path: str | Path) -> Density:
+    """Read ``density/<method>.zarr`` (validated: float map of 2 or 3 axes, grid attrs)."""
+    g = _open(path, "density", ("density",))
+    arr, attrs = g["density"], g.attrs.asdict()
+    missing = [k for k in DENSITY_ATTRS if k not in attrs]
+    if arr.ndim not in (2, 3) or arr.dtype.kind != "f" or missing:
+        raise UlmError(f"density store {path}: expected a float (Z, X) or (Z, Y, X) map with attrs {list(DENSITY_ATTRS)}; "
+                       f"got {arr.dtype} {arr.shape}, missing attrs {missing}")  # fmt: skip
+    return Density(arr[:], attrs)

@@ -14,7 +14,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ulm.imaging import continuous_index, fine_grid, in_slab, slab_of
-from ulm.sparse import make_tiling
+from ulm.sparse import check_tracks_cover, make_tiling
 from ulm.store import CooWriter, TracksReader, read_iq
 
 
@@ -70,8 +70,8 @@ def segments(pos_index: np.ndarray, frame: np.ndarray, bubble: np.ndarray) -> tu
     order = np.lexsort((frame, bubble))
     p, f, b = pos_index[order], frame[order], bubble[order]
     linked = (b[1:] == b[:-1]) & (f[1:] == f[:-1] + 1)
-    has_prev = np.concatenate([[False], linked])
-    has_next = np.concatenate([linked, [False]])
+    has_prev, has_next = np.zeros(len(p), bool), np.zeros(len(p), bool)
+    has_prev[1:], has_next[:-1] = linked, linked
     alone = ~has_prev & ~has_next
     starts = np.concatenate([p[:-1][linked], p[alone]])
     ends = np.concatenate([p[1:][linked], p[alone]])
@@ -83,6 +83,7 @@ def make_targets(tracks_path: str | Path, iq_path: str | Path, out_path: str | P
     iq, tracks = read_iq(iq_path), TracksReader(tracks_path)
     dims, f = iq.dims, cfg["factor"]
     tiling = make_tiling(iq.iq.shape, cfg)
+    check_tracks_cover(tracks, tiling, iq_path)
     origin, spacing = fine_grid(iq.attrs["origin_um"], iq.attrs["spacing_um"], f)
     plane_y, slab = slab_of(iq.attrs)
     frames = tiling.block_shape[0]

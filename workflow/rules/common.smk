@@ -49,4 +49,6 @@ def all_outputs():
     ground_truth = expand(f"{RESULTS}/c{{c}}/{{name}}", c=config["concentrations"], name=["tracks.zarr", "tracks.png"])
     per_run = ["iq.zarr", "iq.png", "target.zarr"] + [f"sparse-{m}.{ext}" for m in config["sparse"]["methods"] for ext in ("zarr", "png")]
     imaging = expand(f"{RESULTS}/{{d}}d/c{{c}}/{{name}}", d=config["dims"], c=config["concentrations"], name=per_run)
-    return [f"{RESULTS}/flow.png", *ground_truth, *imaging]
+    nets = [f"net-{m}-{config['sparse']['methods'][0]}/pred.zarr" for m in config["train"]["models"]]
+    networks = expand(f"{RESULTS}/{{d}}d/c{{c}}/{{name}}", d=config["dims"], c=config["concentrations"], name=nets)
+    return [f"{RESULTS}/flow.png", *ground_truth, *imaging, *networks]

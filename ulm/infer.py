@@ -1,0 +1,78 @@
+"""`ulm infer`: run a trained network over every block of a sparse store and write ``pred.zarr``."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ulm.dataset import DenseBlocks, SparseBlocks
+from ulm.errors import UlmError
+from ulm.imaging import fine_grid
+from ulm.nn.spec import NetSpec
+from ulm.store import CooWriter
+from ulm.train import build_net, pick_device
+
+
+def load_checkpoint(path: str | Path, device: torch.device) -> tuple[torch.nn.Module, dict]:
+    """The network of a checkpoint written by `ulm train` (one clear error for anything else)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UlmError(f"checkpoint {path}: not found")
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=False)
+        spec = NetSpec(**ckpt["spec"])
+        net = build_net(spec, ckpt["model_kind"], device)
+        net.load_state_dict(ckpt["model"])
+    except (KeyError, TypeError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as exc:  # RuntimeError: shapes
+        raise UlmError(
+            f"checkpoint {path}: not a checkpoint of this network ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})"
+        ) from None
+    return net.eval(), ckpt
+
+
+@torch.no_grad()
+def predict(checkpoint: str | Path, sparse_path: str | Path, out_path: str | Path, device_name: str = "auto",
+            iq_path: str | Path | None = None, progress: bool = True) -> None:  # fmt: skip
+    """Write per-block probabilities on the ``factor`` x grid (sites with p > 0.5) as ``pred.zarr``."""
+    device = pick_device(device_name)
+    net, ckpt = load_checkpoint(checkpoint, device)
+    spec: NetSpec = net.spec
+    data = SparseBlocks(sparse_path)
+    if len(data.block_shape) - 1 != spec.dims:
+        raise UlmError(f"{sparse_path}: {len(data.block_shape) - 1}D blocks, but the checkpoint is a {spec.dims}D network")
+    if tuple(data.block_shape) != tuple(ckpt["block_shape"]):
+        raise UlmError(
+            f"{sparse_path}: blocks of {data.block_shape}, but the network was trained on {tuple(ckpt['block_shape'])}"
+        )
+    padded = spec.pad_shape(data.block_shape)
+    fine_block = np.array(data.block_shape[1:]) * spec.factor
+    attrs_src = SparseBlocks(sparse_path)._open()[0].attrs
+    origin, spacing = fine_grid(attrs_src["iq"]["origin_um"], attrs_src["iq"]["spacing_um"], spec.factor)
+    attrs = {"factor": spec.factor, "origin_um": origin.tolist(), "spacing_um": spacing.tolist(), "checkpoint": str(checkpoint),
+             "fine_block_shape": fine_block.tolist(), "threshold": 0.5}  # fmt: skip
+    dense = DenseBlocks(iq_path, sparse_path) if ckpt["model_kind"] == "dense" else None
+    with CooWriter(out_path, spec.dims, 1, attrs) as writer:
+        for b in tqdm(range(len(data)), unit="block", desc="infer", disable=not progress):
+            item = data[b]
+            if dense is not None:
+                x = dense[b][None].to(device)
+                x = torch.nn.functional.pad(
+                    x, [p for n, m in zip(reversed(x.shape[2:]), reversed(padded), strict=True) for p in (0, m - n)]
+                )
+                prob = torch.sigmoid(net(x)[-1][0])
+                coords = torch.nonzero(prob > 0.5)
+                values = prob[tuple(coords.T)]
+            else:
+                import spconv.pytorch as spconv
+
+                idx = torch.cat([torch.zeros(len(item["coords"]), 1, dtype=torch.int32), item["coords"]], 1).to(device)
+                x = spconv.SparseConvTensor(item["feats"].to(device), idx, list(padded), 1)
+                indices, logits = net(x)[-1]
+                keep = logits > 0
+                coords, values = indices[keep, 1:], torch.sigmoid(logits[keep])
+            inside = torch.all(coords < torch.as_tensor(fine_block, device=coords.device), dim=1)  # drop the padding
+            writer.append(coords[inside].cpu().numpy(), values[inside, None].cpu().numpy(), data._open()[0].origin[b])
