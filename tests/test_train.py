@@ -126,3 +126,27 @@ def test_store_with_wrong_channels_or_larger_blocks_is_rejected(stores, tmp_path
     with CooWriter(tmp_path / "big.zarr", 3, 2, bigger) as w:
         w.append(np.zeros((1, 3)), np.zeros((1, 2)), sparse.origin[0])
     _one_line_error(capsys, ["infer", "--quiet", tmp_path / "model.pt", tmp_path / "big.zarr", tmp_path / "p.zarr"], "trained on")
+
+
+def test_three_d_network_trains_and_predicts_with_4d_convolutions(tmp_path):
+    cfg = load_config(overrides=["bubbles.n_frames=256", "bubbles.concentration=20", "sparse.block_frames=64", "train.epochs=1"])
+    graph = build_graph("bundled:mouse_20120409", cfg["graph"])
+    simulate_tracks(graph, solve_flow(graph, cfg["flow"]), cfg["bubbles"], 1, path=tmp_path / "tracks.zarr", progress=False)
+    simulate_iq(tmp_path / "tracks.zarr", tmp_path / "iq.zarr", cfg, 3, 0, progress=False)
+    sparsify_iq(tmp_path / "iq.zarr", tmp_path / "sparse.zarr", cfg["sparse"], progress=False)
+    make_targets(tmp_path / "tracks.zarr", tmp_path / "iq.zarr", tmp_path / "target.zarr", cfg["sparse"], progress=False)
+    rows, _ = train(
+        tmp_path / "sparse.zarr", tmp_path / "target.zarr", tmp_path / "model.pt", cfg["train"], seed=0, progress=False
+    )
+    assert np.isfinite(rows[1]["train_loss"])
+    assert main(["infer", "--quiet", str(tmp_path / "model.pt"), str(tmp_path / "sparse.zarr"), str(tmp_path / "pred.zarr")]) == 0
+    coords, _ = CooStore(tmp_path / "pred.zarr", "pred").block(0)
+    assert coords.shape[1] == 3
+
+
+def test_cascaded_training_adds_one_scale_per_stage():
+    from ulm.nn.loss import supervised_scales
+
+    assert supervised_scales(3, True) == [0, 1, 2, 3]
+    assert supervised_scales(3, False) == [3]
+    assert [supervised_scales(3, True, stage) for stage in range(4)] == [[0], [0, 1], [0, 1, 2], [0, 1, 2, 3]]
