@@ -1,6 +1,7 @@
 """Real Snakemake runs: the chain to tracks.zarr, and dry runs proving parameter-aware reruns."""
 
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -10,14 +11,31 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 CHECK_STORES = ROOT.parent / "shared" / "tools" / "check_stores.py"
-SMALL = {"run": "t", "concentrations": [3], "bubbles": {"n_frames": 200, "chunk_frames": 64}, "sparse": {"block_frames": 64}}
-IMAGING = {"forward": 1, "sparsify": 2, "targets": 1}  # two sparsification methods by default
+SMALL = {
+    "run": "t",
+    "concentrations": [3],
+    "bubbles": {"n_frames": 200, "chunk_frames": 64},
+    "sparse": {"block_frames": 64},
+    "train": {"epochs": 1},
+}
+IMAGING = {"forward": 1, "sparsify": 2, "targets": 1, "train": 1, "infer": 1}  # two sparsification methods by default
+NETWORK = {"train": 1, "infer": 1}
 
 
-def snakemake(workdir: Path, config: dict, *args: str) -> subprocess.CompletedProcess:
+@pytest.fixture(scope="module")
+def workflow_copy(tmp_path_factory) -> Path:
+    """The workflow and package copied aside, so that a test may edit its code."""
+    copy = tmp_path_factory.mktemp("repo")
+    for name in ("Snakefile", "config.yaml", "workflow", "ulm", "envs"):
+        src = ROOT / name
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, copy / name)
+    return copy
+
+
+def snakemake(workdir: Path, config: dict, *args: str, snakefile: Path = ROOT / "Snakefile") -> subprocess.CompletedProcess:
     cfg_file = workdir / f"config-{abs(hash(repr(config)))}.yaml"
     cfg_file.write_text(yaml.safe_dump(config))
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--directory", str(workdir)]
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(snakefile), "--directory", str(workdir)]
     cmd += ["--configfile", str(cfg_file), "--cores", "2", *args]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=600)
 
@@ -33,10 +51,10 @@ def planned_jobs(result: subprocess.CompletedProcess) -> dict[str, int]:
 
 
 @pytest.fixture(scope="module")
-def finished_run(tmp_path_factory):
+def finished_run(tmp_path_factory, workflow_copy):
     workdir = tmp_path_factory.mktemp("wf")
-    result = snakemake(workdir, SMALL)
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = snakemake(workdir, SMALL, snakefile=workflow_copy / "Snakefile")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return workdir
 
 
@@ -45,13 +63,14 @@ def test_pipeline_writes_contract_stores_and_plots(finished_run):
     out = finished_run / "results" / "t"
     produced = ["graph.zarr", "flow.zarr", "flow.png", "c3/tracks.zarr", "c3/tracks.png", "2d/c3/iq.zarr", "2d/c3/iq.png"]
     produced += ["2d/c3/target.zarr", "2d/c3/sparse-threshold.zarr", "2d/c3/sparse-topk.csv", "2d/c3/sparse-topk.png"]
+    produced += ["2d/c3/net-sparse-threshold/model.pt", "2d/c3/net-sparse-threshold/pred.zarr"]
     for name in produced:
         assert (out / name).exists(), name
     assert not list(out.rglob("*.tmp"))
     if CHECK_STORES.exists():
         check = subprocess.run([sys.executable, str(CHECK_STORES), str(out)], capture_output=True, text=True)
         assert check.returncode == 0, check.stdout
-        assert check.stdout.count("ok ") == 7
+        assert check.stdout.count("ok ") == 8
 
 
 @pytest.mark.slow
@@ -68,15 +87,17 @@ def test_pipeline_writes_contract_stores_and_plots(finished_run):
         ({"forward": {"workers": 1}}, {}),
         ({"probe": {"f_number": 1.5}}, {**IMAGING, "all": 1}),
         ({"dims": [2, 3]}, {**IMAGING, "all": 1}),
-        ({"sparse": {"block_frames": 64, "tau": 0.2}}, {"sparsify": 1, "all": 1}),
+        ({"sparse": {"block_frames": 64, "tau": 0.2}}, {"sparsify": 1, **NETWORK, "all": 1}),
         ({"sparse": {"block_frames": 64, "topk_k": 500}}, {"sparsify": 1, "all": 1}),
-        ({"sparse": {"block_frames": 64, "factor": 4}}, {"targets": 1, "all": 1}),
-        ({"sparse": {"block_frames": 32}}, {"sparsify": 2, "targets": 1, "all": 1}),
+        ({"sparse": {"block_frames": 64, "factor": 4}}, {"targets": 1, **NETWORK, "all": 1}),
+        ({"sparse": {"block_frames": 32}}, {"sparsify": 2, "targets": 1, **NETWORK, "all": 1}),
+        ({"train": {"epochs": 2}}, {**NETWORK, "all": 1}),
+        ({"train": {"epochs": 1, "device": "cpu"}}, {}),
     ],
 )
-def test_changing_a_parameter_reruns_only_its_stage_and_downstream(finished_run, change, expected):
+def test_changing_a_parameter_reruns_only_its_stage_and_downstream(finished_run, workflow_copy, change, expected):
     config = {**SMALL, **change}
-    assert planned_jobs(snakemake(finished_run, config, "-n")) == expected
+    assert planned_jobs(snakemake(finished_run, config, "-n", snakefile=workflow_copy / "Snakefile")) == expected
 
 
 @pytest.mark.slow
@@ -85,3 +106,23 @@ def test_bad_config_key_fails_before_any_job(tmp_path):
     assert result.returncode != 0
     assert "unknown key(s) ['presure_artery_mmHg']" in result.stdout + result.stderr
     assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("module", "expected"),
+    [
+        ("flow.py", {"flow": 1, "bubbles": 1, **IMAGING, "all": 1}),
+        ("forward/psf.py", {**IMAGING, "all": 1}),
+        ("targets.py", {"targets": 1, **NETWORK, "all": 1}),
+        ("nn/spec.py", {**NETWORK, "all": 1}),
+    ],
+)
+def test_editing_a_stage_module_reruns_that_stage_and_downstream(finished_run, workflow_copy, module, expected):
+    path = workflow_copy / "ulm" / module
+    original = path.read_text()
+    try:
+        path.write_text(original + "\n# an edit\n")
+        assert planned_jobs(snakemake(finished_run, SMALL, "-n", snakefile=workflow_copy / "Snakefile")) == expected
+    finally:
+        path.write_text(original)

@@ -27,6 +27,19 @@ ULM = (
 )
 
 
+def code(*modules):
+    """Digest of the ``ulm`` modules (files or packages) a rule runs: as a `params:` entry it makes
+    Snakemake rerun the rule when that code changes (Snakemake does not follow imports itself)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for module in modules:
+        path = Path(workflow.basedir) / "ulm" / module
+        for file in sorted(path.rglob("*.py")) if path.is_dir() else [path]:
+            digest.update(file.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def section(name, drop=(), keep=None):
     """A config section (or the ``keep`` keys of it) as compact JSON: the `params:` that make a rule
     rerun exactly when a value it uses changes."""

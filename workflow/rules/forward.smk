@@ -8,6 +8,7 @@ rule forward:
         store=directory(f"{RESULTS}/{{dims}}d/c{{c}}/iq.zarr"),
         plot=report(f"{RESULTS}/{{dims}}d/c{{c}}/iq.png", caption="../report/iq.rst", category="Imaging"),
     params:
+        code=code("forward", "imaging.py"),
         forward=section("forward", drop=("workers",)),
         probe=section("probe"),
         seed=config["seed"],

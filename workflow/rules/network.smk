@@ -1,6 +1,7 @@
 # The super-resolution network: train on the sparse store + targets, then predict every block.
 
 NET = f"{RESULTS}/{{dims}}d/c{{c}}/net-{{model}}-{{method}}"
+DEVICE = config["train"]["device"]  # not a param: the device does not change the result
 
 
 def train_params():
@@ -18,9 +19,9 @@ rule train:
         metrics=f"{NET}/metrics.csv",
         plot=report(f"{NET}/train.png", caption="../report/train.rst", category="Network"),
     params:
+        code=code("nn", "train.py", "dataset.py"),
         cfg=train_params(),
         seed=config["seed"],
-        device=config["train"]["device"],
     wildcard_constraints:
         dims="[23]",
         c=r"\d+",
@@ -37,7 +38,7 @@ rule train:
         gpu=config["train"]["gpus"],
     shell:
         "{ULM} train --quiet --set seed={params.seed} --set train={params.cfg:q} --set train.model={wildcards.model}"
-        " --set train.device={params.device} --iq {input.iq} {input.sparse} {input.target} {output.model} > {log} 2>&1"
+        " --set train.device={DEVICE} --iq {input.iq} {input.sparse} {input.target} {output.model} > {log} 2>&1"
 
 
 rule infer:
@@ -48,7 +49,7 @@ rule infer:
     output:
         directory(f"{NET}/pred.zarr"),
     params:
-        device=config["train"]["device"],
+        code=code("infer.py", "nn", "dataset.py"),
     wildcard_constraints:
         dims="[23]",
         c=r"\d+",
@@ -64,4 +65,4 @@ rule infer:
         runtime=60,
         gpu=config["train"]["gpus"],
     shell:
-        "{ULM} infer --quiet --set train.device={params.device} --iq {input.iq} {input.model} {input.sparse} {output} > {log} 2>&1"
+        "{ULM} infer --quiet --set train.device={DEVICE} --iq {input.iq} {input.model} {input.sparse} {output} > {log} 2>&1"

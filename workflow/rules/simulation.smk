@@ -7,6 +7,7 @@ rule graph:
     output:
         directory(f"{RESULTS}/graph.zarr"),
     params:
+        code=code("vascular.py"),
         cfg=section("graph"),
         source=config["graph"]["source"],
         seed=graph_seed(),
@@ -28,6 +29,7 @@ rule flow:
         store=directory(f"{RESULTS}/flow.zarr"),
         plot=report(f"{RESULTS}/flow.png", caption="../report/flow.rst", category="Ground truth"),
     params:
+        code=code("flow.py"),
         cfg=section("flow"),
     log:
         f"{LOGS}/flow.log",
@@ -48,6 +50,7 @@ rule bubbles:
         store=directory(f"{RESULTS}/c{{c}}/tracks.zarr"),
         plot=report(f"{RESULTS}/c{{c}}/tracks.png", caption="../report/tracks.rst", category="Ground truth"),
     params:
+        code=code("bubbles.py"),
         cfg=section("bubbles", drop=("concentration",)),
         seed=config["seed"],
     wildcard_constraints:

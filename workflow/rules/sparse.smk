@@ -16,6 +16,7 @@ rule sparsify:
         csv=f"{RESULTS}/{{dims}}d/c{{c}}/sparse-{{method}}.csv",
         plot=report(f"{RESULTS}/{{dims}}d/c{{c}}/sparse-{{method}}.png", caption="../report/sparse.rst", category="Sparsification"),
     params:
+        code=code("sparse.py", "imaging.py"),
         cfg=lambda w: section("sparse", drop=SPARSIFY_IGNORES[w.method]),
     wildcard_constraints:
         dims="[23]",
@@ -41,6 +42,7 @@ rule targets:
     output:
         directory(f"{RESULTS}/{{dims}}d/c{{c}}/target.zarr"),
     params:
+        code=code("targets.py", "sparse.py", "imaging.py"),
         cfg=section("sparse", keep=("block_frames", "tile_px", "tile_overlap_px", "factor")),
     wildcard_constraints:
         dims="[23]",
