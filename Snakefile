@@ -23,6 +23,7 @@ include: "workflow/rules/simulation.smk"
 include: "workflow/rules/forward.smk"
 include: "workflow/rules/sparse.smk"
 include: "workflow/rules/network.smk"
+include: "workflow/rules/evaluation.smk"
 
 
 rule all:

@@ -18,8 +18,9 @@ SMALL = {
     "sparse": {"block_frames": 64},
     "train": {"epochs": 1},
 }
-IMAGING = {"forward": 1, "sparsify": 2, "targets": 1, "train": 1, "infer": 1}  # two sparsification methods by default
-NETWORK = {"train": 1, "infer": 1}
+EVALUATION = {"render": 1, "metrics": 1, "summary": 1}
+NETWORK = {"train": 1, "infer": 1, **EVALUATION}
+IMAGING = {"forward": 1, "sparsify": 2, "targets": 1, "conventional": 1, **NETWORK}  # two sparsification methods by default
 
 
 @pytest.fixture(scope="module")
@@ -63,14 +64,15 @@ def test_pipeline_writes_contract_stores_and_plots(finished_run):
     out = finished_run / "results" / "t"
     produced = ["graph.zarr", "flow.zarr", "flow.png", "c3/tracks.zarr", "c3/tracks.png", "2d/c3/iq.zarr", "2d/c3/iq.png"]
     produced += ["2d/c3/target.zarr", "2d/c3/sparse-threshold.zarr", "2d/c3/sparse-topk.csv", "2d/c3/sparse-topk.png"]
-    produced += ["2d/c3/net-sparse-threshold/model.pt", "2d/c3/net-sparse-threshold/pred.zarr"]
+    produced += ["2d/c3/net-sparse-threshold/model.pt", "2d/c3/net-sparse-threshold/pred.zarr", "2d/c3/localizations.zarr"]
+    produced += ["2d/c3/density/network.zarr", "2d/c3/comparison.png", "2d/c3/metrics.json", "metrics.csv"]
     for name in produced:
         assert (out / name).exists(), name
     assert not list(out.rglob("*.tmp"))
     if CHECK_STORES.exists():
         check = subprocess.run([sys.executable, str(CHECK_STORES), str(out)], capture_output=True, text=True)
         assert check.returncode == 0, check.stdout
-        assert check.stdout.count("ok ") == 8
+        assert check.stdout.count("ok ") == 9
 
 
 @pytest.mark.slow
@@ -93,6 +95,9 @@ def test_pipeline_writes_contract_stores_and_plots(finished_run):
         ({"sparse": {"block_frames": 32}}, {"sparsify": 2, "targets": 1, **NETWORK, "all": 1}),
         ({"train": {"epochs": 2}}, {**NETWORK, "all": 1}),
         ({"train": {"epochs": 1, "device": "cpu"}}, {}),
+        ({"conventional": {"max_gap_frames": 1}}, {"conventional": 1, **EVALUATION, "all": 1}),
+        ({"render": {"gamma": 1.0}}, {**EVALUATION, "all": 1}),
+        ({"metrics": {"frc_split": "frames"}}, {"metrics": 1, "summary": 1, "all": 1}),
     ],
 )
 def test_changing_a_parameter_reruns_only_its_stage_and_downstream(finished_run, workflow_copy, change, expected):

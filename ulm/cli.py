@@ -139,6 +139,38 @@ def cmd_infer(args: argparse.Namespace, cfg: dict) -> None:
     predict(args.checkpoint, args.sparse, args.output, cfg["train"]["device"], iq_path=args.iq, progress=not args.quiet)
 
 
+def cmd_conventional(args: argparse.Namespace, cfg: dict) -> None:
+    from ulm.conventional import localize_iq
+
+    stats = localize_iq(args.iq, args.output, cfg["conventional"], progress=not args.quiet)
+    print(f"conventional: {json.dumps(stats)}", file=sys.stderr)
+
+
+def cmd_render(args: argparse.Namespace, cfg: dict) -> None:
+    from ulm.render import render_all
+
+    render_all(args.tracks, args.iq, args.output, cfg, loc_path=args.localizations, pred_path=args.pred, progress=not args.quiet)
+
+
+def cmd_metrics(args: argparse.Namespace, cfg: dict) -> None:
+    from ulm.metrics import compute_metrics
+
+    density = Path(args.density)
+    if not density.is_dir():
+        raise UlmError(f"density folder {density}: not found (run `ulm render` first)")
+    paths = {p.name[: -len(".zarr")]: p for p in sorted(density.glob("*.zarr"))}
+    out = compute_metrics(args.tracks, cfg, loc_path=args.localizations, density_paths=paths)
+    with atomic_path(args.output) as tmp:
+        Path(tmp).write_text(json.dumps({"label": args.label, **out}, indent=1))
+    print(f"metrics: Dice {json.dumps(out.get('dice', {}))}", file=sys.stderr)
+
+
+def cmd_summary(args: argparse.Namespace, cfg: dict) -> None:
+    from ulm.metrics import summary_table
+
+    summary_table(args.metrics, args.output)
+
+
 STAGES = {
     "graph": (cmd_graph, ["source", "output"], "read/generate and clean a vascular graph -> graph.zarr"),
     "flow": (cmd_flow, ["graph", "output"], "Poiseuille network flow: graph.zarr -> flow.zarr"),
@@ -148,6 +180,14 @@ STAGES = {
     "targets": (cmd_targets, ["tracks", "iq", "output"], "8x ground-truth passage maps: tracks.zarr iq.zarr -> target.zarr"),
     "train": (cmd_train, ["sparse", "target", "output"], "train the network: sparse.zarr target.zarr -> model.pt"),
     "infer": (cmd_infer, ["checkpoint", "sparse", "output"], "super-resolve every block: model.pt sparse.zarr -> pred.zarr"),
+    "conventional": (cmd_conventional, ["iq", "output"], "conventional ULM, localize + track: iq.zarr -> localizations.zarr"),
+    "render": (cmd_render, ["tracks", "iq", "output"], "density maps on the 8x grid: tracks.zarr iq.zarr -> density/"),
+    "metrics": (
+        cmd_metrics,
+        ["tracks", "density", "output"],
+        "scores against the ground truth: tracks.zarr density/ -> metrics.json",
+    ),
+    "summary": (cmd_summary, ["output"], "gather metrics.json files into one CSV"),
 }
 HELP = {
     "source": "graph file (.mat, .swc, .graphml), bundled:NAME or synthetic",
@@ -158,6 +198,7 @@ HELP = {
     "sparse": "sparse.zarr",
     "target": "target.zarr",
     "checkpoint": "model.pt written by `ulm train`",
+    "density": "density/ folder written by `ulm render`",
     "output": "output store (written atomically)",
 }
 
@@ -175,6 +216,14 @@ def parser() -> argparse.ArgumentParser:
         if name == "sparsify":
             p.add_argument("--tracks", type=Path, help="tracks.zarr, to compute the trade-off curve")
             p.add_argument("--csv", type=Path, help="write the trade-off table here (needs --tracks)")
+        if name in ("render", "metrics"):
+            p.add_argument("--localizations", type=Path, help="localizations.zarr of conventional ULM")
+        if name == "render":
+            p.add_argument("--pred", type=Path, help="pred.zarr of the network")
+        if name == "metrics":
+            p.add_argument("--label", default="", help="a name for this run in the summary (e.g. 2d/c10)")
+        if name == "summary":
+            p.add_argument("metrics", type=Path, nargs="+", help="metrics.json files")
         if name in ("train", "infer"):
             p.add_argument("--iq", type=Path, help="iq.zarr the sparse store was made from (needed by the dense baseline)")
         if name == "forward":

@@ -29,6 +29,7 @@ class SparseBlocks(Dataset):
             raise UlmError(f"{self.sparse_path}: expected a sparse store with 2 feature channels (Re, Im) and attr block_shape, "
                            f"got {first._feats.shape[1]} channels")  # fmt: skip
         self.block_shape = tuple(first.attrs["block_shape"])
+        self.origins = first.origin
         self._n = len(first)
         if self.target_path is not None:
             target = CooStore(self.target_path, "target")

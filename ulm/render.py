@@ -38,6 +38,7 @@ from ulm.conventional import interpolate_tracks  # noqa: E402
 from ulm.errors import UlmError  # noqa: E402
 from ulm.imaging import continuous_index, fine_grid, in_slab, slab_of  # noqa: E402
 from ulm.plots import _save  # noqa: E402
+from ulm.sparse import held_out_start
 from ulm.store import CooStore, Localizations, TracksReader, read_iq, read_localizations, write_density  # noqa: E402
 from ulm.targets import rasterize, segments  # noqa: E402
 
@@ -82,12 +83,12 @@ def make_fine_grid(origin_um, spacing_um, shape: tuple[int, ...], factor: int) -
     return FineGrid(origin, spacing, tuple(int(factor * n) for n in shape), int(factor))
 
 
-def time_blocks(n_frames: int, block_frames: int) -> list[tuple[int, int]]:
-    """Frame ranges [t0, t1) of the blocks: full blocks only, like the sparse tiling (one short
-    block when the run is shorter than ``block_frames``)."""
+def time_blocks(n_frames: int, block_frames: int, first_frame: int = 0) -> list[tuple[int, int]]:
+    """Frame ranges [t0, t1) of the blocks from ``first_frame`` on: full blocks only, like the sparse
+    tiling (one short block when the run is shorter than ``block_frames``)."""
     if n_frames <= block_frames:
         return [(0, n_frames)]
-    return [(t0, t0 + block_frames) for t0 in range(0, n_frames - block_frames + 1, block_frames)]
+    return [(t0, t0 + block_frames) for t0 in range(0, n_frames - block_frames + 1, block_frames) if t0 >= first_frame]
 
 
 def _passages(starts: np.ndarray, ends: np.ndarray, grid: FineGrid) -> np.ndarray:
@@ -104,7 +105,7 @@ def _as_map(volume: np.ndarray, grid: FineGrid) -> np.ndarray:
 
 # ---------------------------------------------------------------------------------------- methods
 def density_from_tracks(tracks_path: str | Path, iq_path: str | Path, factor: int, block_frames: int,
-                        progress: bool = False) -> tuple[np.ndarray, FineGrid]:  # fmt: skip
+                        progress: bool = False, first_frame: int = 0) -> tuple[np.ndarray, FineGrid]:  # fmt: skip
     """Ground-truth density: number of blocks in which a bubble path crossed each fine pixel.
 
     Parameters
@@ -121,7 +122,8 @@ def density_from_tracks(tracks_path: str | Path, iq_path: str | Path, factor: in
     plane_y, slab = slab_of(iq.attrs)
     count = np.zeros(grid.volume_shape, np.float32)
     n_frames = min(tracks.n_frames, iq.iq.shape[0])
-    for t0, t1 in tqdm(time_blocks(n_frames, block_frames), unit="block", desc="render ground truth", disable=not progress):
+    blocks = time_blocks(n_frames, block_frames, first_frame)
+    for t0, t1 in tqdm(blocks, unit="block", desc="render ground truth", disable=not progress):
         pos, rel = tracks.frames(t0, t1)
         bubble = tracks.bubbles(int(tracks.frame_offsets[t0]), int(tracks.frame_offsets[t1]))
         keep = in_slab(pos, plane_y, slab)
@@ -166,7 +168,7 @@ def _point_counts(index: np.ndarray, grid: FineGrid) -> np.ndarray:
 
 def density_from_localizations(loc: str | Path | Localizations, factor: int, block_frames: int, mode: str = "segments",
                                include_untracked: bool = True, interp_factor: int = 1, select: np.ndarray | None = None,
-                               progress: bool = False) -> tuple[np.ndarray, FineGrid]:  # fmt: skip
+                               progress: bool = False, first_frame: int = 0) -> tuple[np.ndarray, FineGrid]:  # fmt: skip
     """Conventional ULM density on the fine grid of the localizations' iq grid.
 
     Parameters
@@ -197,7 +199,8 @@ def density_from_localizations(loc: str | Path | Localizations, factor: int, blo
         _, pos, _ = interpolate_tracks(frame, pos, track, interp_factor)
         return _as_map(_point_counts(grid.volume_index(pos), grid), grid), grid
     count = np.zeros(grid.volume_shape, np.float32)
-    for t0, t1 in tqdm(time_blocks(loc.n_frames, block_frames), unit="block", desc="render conventional", disable=not progress):
+    blocks = time_blocks(loc.n_frames, block_frames, first_frame)
+    for t0, t1 in tqdm(blocks, unit="block", desc="render conventional", disable=not progress):
         rows = (frame >= t0) & (frame < t1)
         starts, ends = track_segments(grid.volume_index(pos[rows]), frame[rows], track[rows], include_untracked)
         count += _passages(starts, ends, grid)
@@ -216,7 +219,7 @@ def _coo_shape(store: CooStore) -> tuple[int, ...]:
 
 
 def density_from_coo(path: str | Path, kind: str = "pred", shape: tuple[int, ...] | None = None, threshold: float = 0.5,
-                     progress: bool = False) -> tuple[np.ndarray, FineGrid]:  # fmt: skip
+                     progress: bool = False, first_frame: int = 0) -> tuple[np.ndarray, FineGrid]:  # fmt: skip
     """Density of a fine-grid COO store (``pred.zarr`` / ``target.zarr``): sites with feats > ``threshold``,
     OR-ed over the tiles of each time block, counted over blocks.
 
@@ -237,7 +240,8 @@ def density_from_coo(path: str | Path, kind: str = "pred", shape: tuple[int, ...
     shape = tuple(int(n) for n in shape) if shape is not None else _coo_shape(store)
     grid = FineGrid(np.asarray(store.attrs["origin_um"], float), np.asarray(store.attrs["spacing_um"], float), shape, factor)
     count = np.zeros(int(np.prod(shape)), np.float32)
-    for t0 in tqdm(np.unique(store.origin[:, 0]), unit="block", desc=f"render {kind}", disable=not progress):
+    starts = np.unique(store.origin[:, 0])
+    for t0 in tqdm(starts[starts >= first_frame], unit="block", desc=f"render {kind}", disable=not progress):
         flat = []
         for b in np.flatnonzero(store.origin[:, 0] == t0):
             coords, feats = store.block(int(b))
@@ -354,17 +358,20 @@ def render_all(tracks_path: str | Path, iq_path: str | Path, out_dir: str | Path
     """
     out_dir = Path(out_dir)
     factor, frames, rcfg = cfg["sparse"]["factor"], cfg["sparse"]["block_frames"], cfg["render"]
-    gt, grid = density_from_tracks(tracks_path, iq_path, factor, frames, progress)
+    n_frames = read_iq(iq_path).iq.shape[0]
+    first = held_out_start(n_frames, frames, cfg["train"]["val_fraction"]) if rcfg["held_out_only"] else 0
+    gt, grid = density_from_tracks(tracks_path, iq_path, factor, frames, progress, first_frame=first)
     maps = {GROUND_TRUTH: gt}
     if loc_path is not None:
-        maps[CONVENTIONAL] = density_from_localizations(loc_path, factor, frames, rcfg["mode"], rcfg["include_untracked"],
-                                                        cfg["conventional"]["interp_factor"], progress=progress)[0]  # fmt: skip
+        interp = cfg["conventional"]["interp_factor"]
+        maps[CONVENTIONAL] = density_from_localizations(loc_path, factor, frames, rcfg["mode"], rcfg["include_untracked"], interp,
+                                                        progress=progress, first_frame=first)[0]  # fmt: skip
     if pred_path is not None:
-        maps[NETWORK] = density_from_coo(pred_path, "pred", shape=grid.shape, progress=progress)[0]
+        maps[NETWORK] = density_from_coo(pred_path, "pred", shape=grid.shape, progress=progress, first_frame=first)[0]
     written = {}
     for name, density in maps.items():
         written[name] = out_dir / f"{name}.zarr"
-        write_density(written[name], density, {**grid.attrs(name), "block_frames": frames, "render": rcfg})
+        write_density(written[name], density, {**grid.attrs(name), "block_frames": frames, "first_frame": first, "render": rcfg})
         caption = POINTS if rcfg["mode"] == "points" and name == CONVENTIONAL else PASSAGES
         plot_density(density, grid.origin_um, grid.spacing_um, out_dir / f"{name}.png", rcfg, name.replace("_", " "), caption)
     caption = POINTS if rcfg["mode"] == "points" and CONVENTIONAL in maps else PASSAGES

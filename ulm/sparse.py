@@ -51,6 +51,14 @@ class Tiling:
         return self.origins[self.origins[:, 0] == t0]
 
 
+def held_out_start(n_frames: int, block_frames: int, val_fraction: float) -> int:
+    """First frame of the time blocks held out from training (the last ``val_fraction`` of them, at
+    least one): the network validates there, and methods are compared there."""
+    n_blocks = max(1, n_frames // block_frames)
+    n_val = max(1, int(round(n_blocks * val_fraction)))
+    return max(0, n_blocks - n_val) * block_frames
+
+
 def make_tiling(iq_shape: tuple[int, ...], cfg: dict) -> Tiling:
     """Blocks for an iq array of ``iq_shape`` (T, *spatial) following the ``sparse`` config section."""
     n_frames, spatial = iq_shape[0], iq_shape[1:]

@@ -23,6 +23,7 @@ from ulm.errors import UlmError
 from ulm.nn.dense_net import DenseULMNet
 from ulm.nn.loss import dense_loss, dense_targets, pooled_target_keys, sparse_loss, supervised_scales
 from ulm.nn.spec import NetSpec
+from ulm.sparse import held_out_start
 from ulm.store import atomic_path
 
 
@@ -118,10 +119,14 @@ def train(sparse_path: str | Path, target_path: str | Path, out_path: str | Path
     device = pick_device(cfg["device"])
     if cfg["model"] == "dense" and iq_path is None:
         raise UlmError("train.model = dense needs the iq.zarr the sparse store was made from (--iq)")
-    n_val = max(1, int(round(len(data) * cfg["val_fraction"])))
-    if len(data) - n_val < 1:
-        raise UlmError(f"{sparse_path}: {len(data)} blocks, too few to hold out {n_val} for validation")
-    train_set, val_set = Subset(data, range(len(data) - n_val)), Subset(data, range(len(data) - n_val, len(data)))
+    starts = data.origins[:, 0]
+    first_val = held_out_start(int(starts.max()) + data.block_shape[0], data.block_shape[0], cfg["val_fraction"])
+    train_idx, val_idx = np.flatnonzero(starts < first_val), np.flatnonzero(starts >= first_val)
+    if len(train_idx) == 0:
+        raise UlmError(
+            f"{sparse_path}: {len(data)} blocks, too few to hold out the last {cfg['val_fraction']:.0%} in time for validation"
+        )
+    train_set, val_set = Subset(data, train_idx.tolist()), Subset(data, val_idx.tolist())
     gen = torch.Generator().manual_seed(seed)
     loader = DataLoader(_Indexed(train_set), batch_size=cfg["batch_size"], shuffle=True, generator=gen,
                         collate_fn=_collate, num_workers=cfg["num_workers"])  # fmt: skip

@@ -64,4 +64,5 @@ def all_outputs():
     imaging = expand(f"{RESULTS}/{{d}}d/c{{c}}/{{name}}", d=config["dims"], c=config["concentrations"], name=per_run)
     nets = [f"net-{m}-{config['sparse']['methods'][0]}/pred.zarr" for m in config["train"]["models"]]
     networks = expand(f"{RESULTS}/{{d}}d/c{{c}}/{{name}}", d=config["dims"], c=config["concentrations"], name=nets)
-    return [f"{RESULTS}/flow.png", *ground_truth, *imaging, *networks]
+    evaluation = expand(f"{RESULTS}/{{d}}d/c{{c}}/comparison.png", d=config["dims"], c=config["concentrations"])
+    return [f"{RESULTS}/flow.png", *ground_truth, *imaging, *networks, *evaluation, f"{RESULTS}/metrics.csv"]
