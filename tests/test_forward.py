@@ -185,3 +185,32 @@ def test_bad_forward_input_gives_one_clear_error_and_no_output(tmp_path, capsys,
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(err) == 1 and needle in err[0], err
     assert not out.exists() and not out.with_name("iq.zarr.tmp").exists()
+
+
+def test_forward_on_an_existing_dask_cluster_equals_the_local_run(tmp_path):
+    from distributed import LocalCluster
+
+    write_tracks(tmp_path / "tracks.zarr", [[300.0 + t, 300.0, 200.0 + t] for t in range(40)])
+    args = ["forward", "--quiet", "--set", "forward.block_frames=16"]
+    assert main([*args, str(tmp_path / "tracks.zarr"), str(tmp_path / "local.zarr")]) == 0
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        remote = [*args, "--set", f"forward.dask_scheduler={cluster.scheduler_address}"]
+        assert main([*remote, str(tmp_path / "tracks.zarr"), str(tmp_path / "remote.zarr")]) == 0
+    np.testing.assert_array_equal(read_iq(tmp_path / "local.zarr").iq[:], read_iq(tmp_path / "remote.zarr").iq[:])
+
+
+def test_unreachable_dask_scheduler_is_one_clear_error(tmp_path, capsys):
+    write_tracks(tmp_path / "tracks.zarr", [[300.0, 300.0, 300.0]] * 4)
+    capsys.readouterr()
+    argv = [
+        "forward",
+        "--quiet",
+        "--set",
+        "forward.dask_scheduler=tcp://127.0.0.1:9",
+        str(tmp_path / "tracks.zarr"),
+        str(tmp_path / "iq.zarr"),
+    ]
+    assert main(argv) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and "unreachable" in err[0], err
+    assert not (tmp_path / "iq.zarr").exists()

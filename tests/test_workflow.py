@@ -131,3 +131,20 @@ def test_editing_a_stage_module_reruns_that_stage_and_downstream(finished_run, w
         assert planned_jobs(snakemake(finished_run, SMALL, "-n", snakefile=workflow_copy / "Snakefile")) == expected
     finally:
         path.write_text(original)
+
+
+@pytest.mark.slow
+def test_report_gathers_figures_and_tables(finished_run, workflow_copy):
+    result = snakemake(finished_run, SMALL, "--report", str(finished_run / "report.html"), snakefile=workflow_copy / "Snakefile")
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    html = (finished_run / "report.html").read_text(errors="replace")
+    for name in ("comparison.png", "metrics.csv", "flow.png", "train.png"):
+        assert name in html
+
+
+@pytest.mark.slow
+def test_report_before_outputs_exist_is_one_clear_error(tmp_path, workflow_copy):
+    result = snakemake(tmp_path, SMALL, "--report", str(tmp_path / "report.html"), snakefile=workflow_copy / "Snakefile")
+    assert result.returncode != 0
+    assert "marked for report but does not exist" in result.stdout + result.stderr
+    assert not (tmp_path / "report.html").exists()

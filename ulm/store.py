@@ -211,7 +211,8 @@ class _StreamingStore:
 
     def __enter__(self):
         self._atomic = atomic_path(self._path)
-        self._group = _new_group(self._atomic.__enter__(), self._attrs)
+        self._atomic_tmp = self._atomic.__enter__()
+        self._group = _new_group(self._atomic_tmp, self._attrs)
         self._create()
         return self
 
@@ -348,6 +349,16 @@ class IqWriter(_StreamingStore):
         if t0 % self._block:
             raise ValueError("iq blocks must start on a chunk boundary")
         self._iq[t0 : t0 + len(data)] = data.astype(np.complex64)
+
+    @property
+    def array_path(self) -> str:
+        """Path of the (temporary) ``iq`` array, for writers in other processes: see write_iq_block."""
+        return str(self._atomic_tmp / "iq")
+
+
+def write_iq_block(array_path: str, t0: int, data: np.ndarray) -> None:
+    """Write frames [t0, t0 + len(data)) into the iq array at ``array_path`` (chunk-aligned blocks only)."""
+    zarr.open_array(array_path, mode="r+")[t0 : t0 + len(data)] = data.astype(np.complex64)
 
 
 @dataclass

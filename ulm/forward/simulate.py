@@ -23,7 +23,7 @@ from ulm.forward.realism import add_noise, clutter_scatterers, svd_filter
 from ulm.forward.rf import rf_image
 from ulm.imaging import in_slab
 from ulm.parallel import concurrent_kernels_ok
-from ulm.store import IqWriter, TracksReader
+from ulm.store import IqWriter, TracksReader, write_iq_block
 
 
 @dataclass
@@ -96,6 +96,49 @@ class _Progress(Callback):
             self._bar.update(1)
 
 
+def connect(address: str):
+    """A dask.distributed client of an existing cluster (e.g. started by dask-jobqueue on SLURM)."""
+    from distributed import Client
+
+    try:
+        return Client(address, timeout="10s")
+    except (OSError, TimeoutError) as exc:
+        raise UlmError(f"forward.dask_scheduler {address}: unreachable ({type(exc).__name__}: {exc})") from None
+
+
+@dataclass
+class BlockJob:
+    """Computes and writes one block of frames; picklable, so it also runs on distributed workers
+    (which then need the shared file system of the output store)."""
+
+    tracks_path: Path
+    model: ForwardModel
+    fcfg: dict
+    clutter: np.ndarray | None
+    seed: int
+    plane_y: float
+    block: int
+    n_frames: int
+    kernel_threads: int | None = None
+
+    def __call__(self, t0: int, iq_array_path: str) -> None:
+        if self.kernel_threads:
+            numba.set_num_threads(self.kernel_threads)  # per calling thread
+        t1 = min(t0 + self.block, self.n_frames)
+        pos, rel = TracksReader(self.tracks_path).frames(t0, t1)
+        if self.model.grid.dims == 2:  # bubbles inside the elevation slab, projected onto the plane
+            inside = in_slab(pos, self.plane_y, self.fcfg["slab_um"])
+            pos, rel = pos[inside], rel[inside]
+            pos[:, 1] = self.plane_y
+        data = self.model.render(pos, np.ones(len(pos)), rel, t1 - t0)
+        if self.clutter is not None:
+            data += self.clutter
+        if self.fcfg["snr_db"] is not None:
+            data = add_noise(data, self.fcfg["snr_db"], np.random.default_rng(derive_seed(self.seed, "noise", t0)))
+        data = svd_filter(data, self.fcfg["svd_components"])
+        write_iq_block(iq_array_path, t0, data.reshape(t1 - t0, *self.model.grid.array_shape))
+
+
 def simulate_iq(
     tracks_path: str | Path, out_path: str | Path, cfg: dict, dims: int, seed: int, progress: bool = True
 ) -> ForwardModel:
@@ -132,28 +175,16 @@ def simulate_iq(
         attrs["plane_y_um"] = plane_y
 
     starts = range(0, n_frames, block)
-    workers = min(fcfg["workers"], len(starts)) if concurrent_kernels_ok() else 1
-    kernel_threads = max(1, numba.config.NUMBA_NUM_THREADS // workers)  # no oversubscription
-
-    def compute_block(t0: int, writer: IqWriter) -> None:
-        numba.set_num_threads(kernel_threads)  # per calling thread
-        t1 = min(t0 + block, n_frames)
-        pos, rel = tracks.frames(t0, t1)
-        if dims == 2:  # bubbles inside the elevation slab, projected onto the plane
-            inside = in_slab(pos, plane_y, fcfg["slab_um"])
-            pos, rel = pos[inside], rel[inside]
-            pos[:, 1] = plane_y
-        data = model.render(pos, np.ones(len(pos)), rel, t1 - t0)
-        if clutter is not None:
-            data += clutter
-        if fcfg["snr_db"] is not None:
-            data = add_noise(data, fcfg["snr_db"], np.random.default_rng(derive_seed(seed, "noise", t0)))
-        data = svd_filter(data, fcfg["svd_components"])
-        writer.write(t0, data.reshape(t1 - t0, *model.grid.array_shape))
-
+    job = BlockJob(Path(tracks_path), model, fcfg, clutter, seed, plane_y, block, n_frames)
     with IqWriter(out_path, (n_frames, *model.grid.array_shape), block, attrs) as writer:
-        tasks = [dask.delayed(compute_block, name=f"iq-block-{t0}")(t0, writer) for t0 in starts]
+        tasks = [dask.delayed(job, name=f"iq-block-{t0}")(t0, writer.array_path) for t0 in starts]
         bar = tqdm(total=len(tasks), unit="block", desc=f"forward {dims}D {model.mode}", disable=not progress)
         with bar, _Progress(bar, "iq-block"):
-            dask.compute(*tasks, scheduler="threads", num_workers=workers)
+            if fcfg["dask_scheduler"]:
+                with connect(fcfg["dask_scheduler"]) as client:
+                    dask.compute(*tasks, scheduler=client)
+            else:
+                workers = min(fcfg["workers"], len(starts)) if concurrent_kernels_ok() else 1
+                job.kernel_threads = max(1, numba.config.NUMBA_NUM_THREADS // workers)  # no oversubscription
+                dask.compute(*tasks, scheduler="threads", num_workers=workers)
     return model

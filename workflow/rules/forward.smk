@@ -9,7 +9,7 @@ rule forward:
         plot=report(f"{RESULTS}/{{dims}}d/c{{c}}/iq.png", caption="../report/iq.rst", category="Imaging"),
     params:
         code=code("forward", "imaging.py"),
-        forward=section("forward", drop=("workers",)),
+        forward=section("forward", drop=("workers", "dask_scheduler")),
         probe=section("probe"),
         seed=config["seed"],
     wildcard_constraints:
