@@ -149,7 +149,11 @@ def cmd_conventional(args: argparse.Namespace, cfg: dict) -> None:
 def cmd_render(args: argparse.Namespace, cfg: dict) -> None:
     from ulm.render import render_all
 
-    render_all(args.tracks, args.iq, args.output, cfg, loc_path=args.localizations, pred_path=args.pred, progress=not args.quiet)
+    preds = {}
+    for item in args.pred:
+        name, sep, path = item.rpartition("=")
+        preds[name if sep else "network"] = Path(path)
+    render_all(args.tracks, args.iq, args.output, cfg, loc_path=args.localizations, pred_path=preds, progress=not args.quiet)
 
 
 def cmd_metrics(args: argparse.Namespace, cfg: dict) -> None:
@@ -219,7 +223,8 @@ def parser() -> argparse.ArgumentParser:
         if name in ("render", "metrics"):
             p.add_argument("--localizations", type=Path, help="localizations.zarr of conventional ULM")
         if name == "render":
-            p.add_argument("--pred", type=Path, help="pred.zarr of the network")
+            p.add_argument("--pred", action="append", default=[], metavar="[NAME=]PRED",
+                           help="pred.zarr of a network (repeat for several; NAME labels its map, default network)")  # fmt: skip
         if name == "metrics":
             p.add_argument("--label", default="", help="a name for this run in the summary (e.g. 2d/c10)")
         if name == "summary":

@@ -127,3 +127,31 @@ def derive_seed(seed: int, *labels: object) -> int:
     """A 63-bit seed derived deterministically from the master seed and labels (stage, wildcards)."""
     text = "/".join([str(seed), *map(str, labels)])
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") >> 1
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    """Recursive dict update (``extra`` wins), in place on ``base``."""
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _merge(base[key], value)
+        else:
+            base[key] = copy.deepcopy(value)
+    return base
+
+
+def presets(workflow_dir: str | Path) -> dict[str, Path]:
+    """Preset name -> file in ``workflow/presets/``."""
+    return {p.stem: p for p in sorted((Path(workflow_dir) / "workflow" / "presets").glob("*.yaml"))}
+
+
+def apply_preset(cfg: dict, workflow_dir: str | Path, overrides: dict | None = None) -> dict:
+    """If ``cfg['preset']`` names a preset, lay it over ``cfg`` (in place), then the command-line
+    ``overrides`` again, so that `--config preset=tiny seed=3` keeps seed 3."""
+    name = cfg.get("preset")
+    if not name:
+        return cfg
+    known = presets(workflow_dir)
+    if name not in known:
+        raise UlmError(f"config key preset: unknown preset {name!r}; available: {sorted(known)}")
+    _merge(cfg, yaml.safe_load(known[name].read_text()) or {})
+    return _merge(cfg, overrides or {})

@@ -348,10 +348,14 @@ def plot_comparison(maps: dict[str, np.ndarray], origin_um, spacing_um, path: st
 
 
 # ------------------------------------------------------------------------------------------ stage
-def render_all(tracks_path: str | Path, iq_path: str | Path, out_dir: str | Path, cfg: dict, loc_path: str | Path | None = None,
-               pred_path: str | Path | None = None, progress: bool = True) -> dict[str, Path]:  # fmt: skip
+PathLike = str | Path
+
+
+def render_all(tracks_path: PathLike, iq_path: PathLike, out_dir: PathLike, cfg: dict, loc_path: PathLike | None = None,
+               pred_path: PathLike | dict[str, PathLike] | None = None, progress: bool = True) -> dict[str, Path]:  # fmt: skip
     """The `ulm render` stage: ``out_dir/<method>.zarr`` and ``<method>.png`` for ground_truth,
-    conventional (with ``loc_path``) and network (with ``pred_path``), and ``comparison.png``.
+    conventional (with ``loc_path``) and network (with ``pred_path``, or one map per name of a
+    ``{name: pred.zarr}`` dict), and ``comparison.png``.
 
     ``cfg`` is the whole validated config (uses ``sparse.factor``, ``sparse.block_frames``,
     ``render`` and ``conventional.interp_factor``). Returns method -> density store path.
@@ -366,8 +370,9 @@ def render_all(tracks_path: str | Path, iq_path: str | Path, out_dir: str | Path
         interp = cfg["conventional"]["interp_factor"]
         maps[CONVENTIONAL] = density_from_localizations(loc_path, factor, frames, rcfg["mode"], rcfg["include_untracked"], interp,
                                                         progress=progress, first_frame=first)[0]  # fmt: skip
-    if pred_path is not None:
-        maps[NETWORK] = density_from_coo(pred_path, "pred", shape=grid.shape, progress=progress, first_frame=first)[0]
+    preds = {NETWORK: pred_path} if isinstance(pred_path, PathLike) else dict(pred_path or {})
+    for name, path in preds.items():  # one map per network (e.g. network-sparse, network-dense)
+        maps[name] = density_from_coo(path, "pred", shape=grid.shape, progress=progress, first_frame=first)[0]
     written = {}
     for name, density in maps.items():
         written[name] = out_dir / f"{name}.zarr"

@@ -1,7 +1,8 @@
 # Evaluation: conventional ULM, density maps of every method, metrics, and one summary table.
 
 RUN_DIR = f"{RESULTS}/{{dims}}d/c{{c}}"
-EVAL_NET = f"net-{config['train']['models'][0]}-{config['sparse']['methods'][0]}"  # the network shown in the maps
+# every network of the grid, trained on the first sparsification method, is drawn and scored
+EVAL_NETS = {f"network-{m}": f"{RUN_DIR}/net-{m}-{config['sparse']['methods'][0]}/pred.zarr" for m in config["train"]["models"]}
 
 
 rule conventional:
@@ -31,7 +32,7 @@ rule render:
         tracks=f"{RESULTS}/c{{c}}/tracks.zarr",
         iq=f"{RUN_DIR}/iq.zarr",
         localizations=f"{RUN_DIR}/localizations.zarr",
-        pred=f"{RUN_DIR}/{EVAL_NET}/pred.zarr",
+        **EVAL_NETS,
     output:
         density=directory(f"{RUN_DIR}/density"),
         comparison=report(f"{RUN_DIR}/comparison.png", caption="../report/comparison.rst", category="Density maps",
@@ -42,6 +43,7 @@ rule render:
         sparse=section("sparse", keep=("block_frames", "factor")),
         conventional=section("conventional", keep=("interp_factor",)),
         val_fraction=config["train"]["val_fraction"],
+        preds=lambda w, input: " ".join(f"--pred {name}={input[name]}" for name in EVAL_NETS),
     wildcard_constraints:
         dims="[23]",
         c=r"\d+",
@@ -54,7 +56,7 @@ rule render:
         runtime=30,
     shell:
         "{ULM} render --quiet --set render={params.render:q} --set sparse={params.sparse:q} --set conventional={params.conventional:q}"
-        " --set train.val_fraction={params.val_fraction} --localizations {input.localizations} --pred {input.pred}"
+        " --set train.val_fraction={params.val_fraction} --localizations {input.localizations} {params.preds}"
         " {input.tracks} {input.iq} {output.density} > {log} 2>&1 && cp {output.density}/comparison.png {output.comparison}"
 
 
