@@ -16,16 +16,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from test_workflow import SMALL  # the same small run as the local workflow tests
 
 ROOT = Path(__file__).resolve().parents[1]
 PROFILE = ROOT / "workflow" / "profiles" / "slurm" / "config.yaml"
-SMALL = {
-    "run": "t",
-    "concentrations": [3],
-    "bubbles": {"n_frames": 200, "chunk_frames": 64},
-    "sparse": {"block_frames": 64},
-    "train": {"epochs": 1},
-}
 CORE_RULES = {"graph", "flow", "bubbles", "forward", "sparsify", "targets", "train", "infer"}
 SUBMITTED = re.compile(r"Job (\d+) has been submitted with SLURM jobid (\d+) \(log: (.+?)\)\.$", re.M)
 

@@ -179,8 +179,22 @@ def read_flow(path: str | Path) -> Flow:
 TRACK_ARRAYS = ("frame", "bubble", "pos_um", "vel_mm_s", "frame_offsets")
 
 
+class _FrameIndexed:
+    """Rows sorted by frame with ``frame_offsets`` (T+1,): rows of frame t are [off[t], off[t+1])."""
+
+    frame_offsets: np.ndarray
+
+    @property
+    def n_frames(self) -> int:
+        return len(self.frame_offsets) - 1
+
+    def rows(self, t: int) -> slice:
+        """Row slice of frame ``t``."""
+        return slice(int(self.frame_offsets[t]), int(self.frame_offsets[t + 1]))
+
+
 @dataclass
-class Tracks:
+class Tracks(_FrameIndexed):
     """Ground-truth microbubble positions, sorted by frame.
 
     frame : (M,) int32; bubble : (M,) int64 id; pos_um : (M, 3) float32 (x, y, z);
@@ -193,14 +207,6 @@ class Tracks:
     vel_mm_s: np.ndarray
     frame_offsets: np.ndarray
     attrs: dict = field(default_factory=dict)
-
-    @property
-    def n_frames(self) -> int:
-        return len(self.frame_offsets) - 1
-
-    def rows(self, t: int) -> slice:
-        """Row slice of frame ``t``."""
-        return slice(int(self.frame_offsets[t]), int(self.frame_offsets[t + 1]))
 
 
 class _StreamingStore:
@@ -228,39 +234,46 @@ class _StreamingStore:
         self._atomic.__exit__(*exc)
 
 
-class TracksWriter(_StreamingStore):
-    """Stream ``tracks.zarr`` to disk frame block by frame block (memory flat in the run length)."""
+class _FrameRowsWriter(_StreamingStore):
+    """Rows sorted by frame, streamed block by block, plus ``frame_offsets`` (T+1,) written on close.
+
+    Subclasses name their arrays in ``COLUMNS``: name -> (dtype, trailing shape); ``frame`` comes first.
+    """
+
+    KIND = "rows"
+    COLUMNS: dict[str, tuple[str, tuple[int, ...]]] = {}
 
     def __init__(self, path: str | Path, attrs: dict, chunk_rows: int = 1 << 16):
         if "frame_rate_hz" not in attrs:
-            raise ValueError("tracks attrs need frame_rate_hz")
+            raise ValueError(f"{self.KIND} attrs need frame_rate_hz")
         super().__init__(path, attrs)
         self._chunk_rows = chunk_rows
         self._counts: list[np.ndarray] = []
         self._next_frame = 0
 
     def _create(self) -> None:
-        rows = self._chunk_rows
-        spec = {"frame": ("i4", (rows,)), "bubble": ("i8", (rows,)), "pos_um": ("f4", (rows, 3)), "vel_mm_s": ("f4", (rows, 3))}
         self._arrays = {
-            name: self._group.create_array(name, shape=(0,) + chunks[1:], dtype=dt, chunks=chunks, compressors=COMPRESSOR)
-            for name, (dt, chunks) in spec.items()
+            name: self._group.create_array(
+                name, shape=(0, *tail), dtype=dt, chunks=(self._chunk_rows, *tail), compressors=COMPRESSOR
+            )
+            for name, (dt, tail) in self.COLUMNS.items()
         }
 
-    def append(self, frame: np.ndarray, bubble: np.ndarray, pos_um: np.ndarray, vel_mm_s: np.ndarray) -> None:
+    def _append_rows(self, frame: np.ndarray, **columns: np.ndarray) -> None:
         """Append rows of consecutive frames, starting at the next unwritten frame, sorted by frame."""
         frame = np.asarray(frame, dtype=np.int32)
         if len(frame) and (frame[0] < self._next_frame or np.any(np.diff(frame) < 0)):
-            raise ValueError("tracks must be appended in frame order")
+            raise ValueError(f"{self.KIND} must be appended in frame order")
         if len(frame):
             n_frames = int(frame[-1]) + 1 - self._next_frame
             self._counts.append(np.bincount(frame - self._next_frame, minlength=n_frames))
             self._next_frame += n_frames
-        for name, data in (("frame", frame), ("bubble", bubble), ("pos_um", pos_um), ("vel_mm_s", vel_mm_s)):
-            self._arrays[name].append(np.asarray(data, dtype=self._arrays[name].dtype), axis=0)
+        for name, data in {"frame": frame, **columns}.items():
+            dt, tail = self.COLUMNS[name]
+            self._arrays[name].append(np.asarray(data, dtype=dt).reshape(-1, *tail), axis=0)
 
     def pad_frames(self, n_frames: int) -> None:
-        """Declare empty frames up to ``n_frames`` in total (frames with no bubble)."""
+        """Declare empty frames up to ``n_frames`` in total (frames without rows)."""
         if n_frames > self._next_frame:
             self._counts.append(np.zeros(n_frames - self._next_frame, dtype=np.int64))
             self._next_frame = n_frames
@@ -268,6 +281,17 @@ class TracksWriter(_StreamingStore):
     def _finish(self) -> None:
         counts = np.concatenate(self._counts) if self._counts else np.zeros(0, np.int64)
         _put(self._group, "frame_offsets", np.concatenate([[0], np.cumsum(counts)]).astype(np.int64))
+
+
+class TracksWriter(_FrameRowsWriter):
+    """Stream ``tracks.zarr`` to disk frame block by frame block (memory flat in the run length)."""
+
+    KIND = "tracks"
+    COLUMNS = {"frame": ("i4", ()), "bubble": ("i8", ()), "pos_um": ("f4", (3,)), "vel_mm_s": ("f4", (3,))}
+
+    def append(self, frame: np.ndarray, bubble: np.ndarray, pos_um: np.ndarray, vel_mm_s: np.ndarray) -> None:
+        """Append rows of consecutive frames, starting at the next unwritten frame, sorted by frame."""
+        self._append_rows(frame, bubble=bubble, pos_um=pos_um, vel_mm_s=vel_mm_s)
 
 
 def read_tracks(path: str | Path) -> Tracks:
@@ -481,7 +505,7 @@ LOC_ARRAYS = ("frame", "pos_um", "track", "frame_offsets")
 
 
 @dataclass
-class Localizations:
+class Localizations(_FrameIndexed):
     """Conventional ULM localizations, sorted by frame.
 
     frame : (M,) int32; pos_um : (M, 3) float32 world (x, y, z), y = ``plane_y_um`` in 2D;
@@ -495,65 +519,31 @@ class Localizations:
     frame_offsets: np.ndarray
     attrs: dict = field(default_factory=dict)
 
-    @property
-    def n_frames(self) -> int:
-        return len(self.frame_offsets) - 1
 
-    def rows(self, t: int) -> slice:
-        """Row slice of frame ``t``."""
-        return slice(int(self.frame_offsets[t]), int(self.frame_offsets[t + 1]))
-
-
-class LocalizationsWriter(_StreamingStore):
+class LocalizationsWriter(_FrameRowsWriter):
     """Stream ``localizations.zarr`` frame block by frame block (memory flat in the run length).
 
     Track ids may be provisional while streaming: :meth:`relabel` sets a mapping old id -> new id
     (-1 = untracked) that is applied to the whole ``track`` array, chunk by chunk, when the store is closed.
     """
 
-    def __init__(self, path: str | Path, attrs: dict, chunk_rows: int = 1 << 16):
-        if "frame_rate_hz" not in attrs:
-            raise ValueError("localizations attrs need frame_rate_hz")
-        super().__init__(path, attrs)
-        self._chunk_rows = chunk_rows
-        self._counts: list[np.ndarray] = []
-        self._next_frame = 0
-        self._mapping: np.ndarray | None = None
+    KIND = "localizations"
+    COLUMNS = {"frame": ("i4", ()), "pos_um": ("f4", (3,)), "track": ("i8", ())}
 
-    def _create(self) -> None:
-        rows = self._chunk_rows
-        spec = {"frame": ("i4", (rows,)), "pos_um": ("f4", (rows, 3)), "track": ("i8", (rows,))}
-        self._arrays = {
-            name: self._group.create_array(name, shape=(0,) + chunks[1:], dtype=dt, chunks=chunks, compressors=COMPRESSOR)
-            for name, (dt, chunks) in spec.items()
-        }
+    def __init__(self, path: str | Path, attrs: dict, chunk_rows: int = 1 << 16):
+        super().__init__(path, attrs, chunk_rows)
+        self._mapping: np.ndarray | None = None
 
     def append(self, frame: np.ndarray, pos_um: np.ndarray, track: np.ndarray) -> None:
         """Append rows (frame (K,), pos_um (K, 3) um, track (K,)) starting at the next unwritten frame, sorted by frame."""
-        frame = np.asarray(frame, dtype=np.int32)
-        if len(frame) and (frame[0] < self._next_frame or np.any(np.diff(frame) < 0)):
-            raise ValueError("localizations must be appended in frame order")
-        if len(frame):
-            n_frames = int(frame[-1]) + 1 - self._next_frame
-            self._counts.append(np.bincount(frame - self._next_frame, minlength=n_frames))
-            self._next_frame += n_frames
-        pos_um = np.asarray(pos_um, dtype=np.float32).reshape(-1, 3)
-        for name, data in (("frame", frame), ("pos_um", pos_um), ("track", track)):
-            self._arrays[name].append(np.asarray(data, dtype=self._arrays[name].dtype), axis=0)
-
-    def pad_frames(self, n_frames: int) -> None:
-        """Declare empty frames up to ``n_frames`` in total (frames without localization)."""
-        if n_frames > self._next_frame:
-            self._counts.append(np.zeros(n_frames - self._next_frame, dtype=np.int64))
-            self._next_frame = n_frames
+        self._append_rows(frame, pos_um=pos_um, track=track)
 
     def relabel(self, mapping: np.ndarray) -> None:
         """On close, replace every track id k >= 0 by ``mapping[k]`` (int64, -1 = untracked)."""
         self._mapping = np.asarray(mapping, dtype=np.int64)
 
     def _finish(self) -> None:
-        counts = np.concatenate(self._counts) if self._counts else np.zeros(0, np.int64)
-        _put(self._group, "frame_offsets", np.concatenate([[0], np.cumsum(counts)]).astype(np.int64))
+        super()._finish()
         if self._mapping is not None:
             track = self._arrays["track"]
             for a in range(0, track.shape[0], self._chunk_rows):
