@@ -29,7 +29,7 @@ def _make(layer: Layer, algo: ConvAlgo | None) -> nn.Module:
             layer.cout,
             layer.kernel,
             padding=tuple(k // 2 for k in layer.kernel),
-            indice_key=f"subm_{layer.name}",
+            indice_key=f"subm_{layer.sites}",
             **kw,
         )
     if layer.kind == "head":

@@ -65,6 +65,7 @@ class Layer:
     kernel: tuple[int, ...]
     ndim: int
     pair: str | None = None  # the down layer an inverse layer undoes
+    sites: str | None = None  # same-size layers on the same sites share spconv's index pairs
 
 
 def layers(spec: NetSpec) -> list[Layer]:
@@ -72,22 +73,22 @@ def layers(spec: NetSpec) -> list[Layer]:
     w, k, n = spec.width, spec.kernel, spec.dims + 1
     kk, ds = (k,) * n, spec.down_stride
     out = [
-        Layer("conv_in", "subm", spec.in_channels, w, kk, n),
-        Layer("conv_e0", "subm", w, w, kk, n),
+        Layer("conv_in", "subm", spec.in_channels, w, kk, n, sites="full"),
+        Layer("conv_e0", "subm", w, w, kk, n, sites="full"),
         Layer("down1", "down", w, 2 * w, ds, n),
-        Layer("conv_e1", "subm", 2 * w, 2 * w, kk, n),
+        Layer("conv_e1", "subm", 2 * w, 2 * w, kk, n, sites="half"),
         Layer("down2", "down", 2 * w, 4 * w, ds, n),
-        Layer("conv_e2", "subm", 4 * w, 4 * w, kk, n),
+        Layer("conv_e2", "subm", 4 * w, 4 * w, kk, n, sites="quarter"),
         Layer("up2", "inverse", 4 * w, 2 * w, ds, n, pair="down2"),
-        Layer("conv_d1", "subm", 4 * w, 2 * w, kk, n),
+        Layer("conv_d1", "subm", 4 * w, 2 * w, kk, n, sites="half"),
         Layer("up1", "inverse", 2 * w, w, ds, n, pair="down1"),
-        Layer("conv_d0", "subm", 2 * w, w, kk, n),
+        Layer("conv_d0", "subm", 2 * w, w, kk, n, sites="full"),
     ]
     d, ks = spec.dims, (3,) * spec.dims
     for s in range(spec.n_up):
         out += [
             Layer(f"cls{s}", "head", w, 1, (1,) * d, d),
             Layer(f"upconv{s}", "up", w, w, (2,) * d, d),
-            Layer(f"conv_u{s}", "subm", w, w, ks, d),
+            Layer(f"conv_u{s}", "subm", w, w, ks, d, sites=f"up{s}"),
         ]
     return out + [Layer(f"cls{spec.n_up}", "head", w, 1, (1,) * d, d)]
