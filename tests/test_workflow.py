@@ -65,7 +65,7 @@ def test_pipeline_writes_contract_stores_and_plots(finished_run):
     produced = ["graph.zarr", "flow.zarr", "flow.png", "c3/tracks.zarr", "c3/tracks.png", "2d/c3/iq.zarr", "2d/c3/iq.png"]
     produced += ["2d/c3/target.zarr", "2d/c3/sparse-threshold.zarr", "2d/c3/sparse-topk.csv", "2d/c3/sparse-topk.png"]
     produced += ["2d/c3/net-sparse-threshold/model.pt", "2d/c3/net-sparse-threshold/pred.zarr", "2d/c3/localizations.zarr"]
-    produced += ["2d/c3/density/network-sparse.zarr", "2d/c3/comparison.png", "2d/c3/metrics.json", "metrics.csv"]
+    produced += ["2d/c3/density/network_sparse_cnn.zarr", "2d/c3/comparison.png", "2d/c3/metrics.json", "metrics.csv"]
     for name in produced:
         assert (out / name).exists(), name
     assert not list(out.rglob("*.tmp"))

@@ -2,7 +2,8 @@
 
 RUN_DIR = f"{RESULTS}/{{dims}}d/c{{c}}"
 # every network of the grid, trained on the first sparsification method, is drawn and scored
-EVAL_NETS = {f"network-{m}": f"{RUN_DIR}/net-{m}-{config['sparse']['methods'][0]}/pred.zarr" for m in config["train"]["models"]}
+# (map names must not start or end with a store kind such as sparse: check_stores.py reads kinds from names)
+EVAL_NETS = {f"network_{m}_cnn": f"{RUN_DIR}/net-{m}-{config['sparse']['methods'][0]}/pred.zarr" for m in config["train"]["models"]}
 
 
 rule conventional:
