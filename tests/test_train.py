@@ -68,6 +68,13 @@ def test_resumed_training_equals_an_uninterrupted_run(stores, tmp_path):
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5, nan_ok=True)
 
 
+def test_a_changed_config_does_not_resume_a_stale_run(stores, tmp_path):
+    run_train(stores, tmp_path, epochs=2)
+    rows, _ = run_train(stores, tmp_path, epochs=2, lr=0.0005)  # e.g. Snakemake reruns train after a change
+    assert [r["epoch"] for r in rows] == [0, 1, 2]
+    assert rows[1]["lr"] == pytest.approx(0.0005)
+
+
 def test_infer_writes_a_contract_pred_store(stores, tmp_path):
     root, _ = stores
     run_train(stores, tmp_path, epochs=1)

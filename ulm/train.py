@@ -141,8 +141,12 @@ def train(sparse_path: str | Path, target_path: str | Path, out_path: str | Path
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=cfg["lr_milestones"], gamma=cfg["lr_gamma"])
     state = {"epoch": 0, "best_dice": -1.0, "rows": []}
     last = folder / "last.pt"
-    if cfg["resume"] and last.exists():
-        ckpt = torch.load(last, map_location=device, weights_only=False)
+    run_key = _run_key(cfg, seed, data)
+    ckpt = torch.load(last, map_location=device, weights_only=False) if cfg["resume"] and last.exists() else None
+    if ckpt is not None and ckpt.get("run_key") != run_key:  # another configuration or other data: start afresh
+        print(f"train: {last} belongs to another run (config or data changed); starting afresh", flush=True)
+        ckpt = None
+    if ckpt is not None:
         if ckpt["spec"] != spec.as_dict() or ckpt["model_kind"] != cfg["model"]:
             raise UlmError(f"{last}: checkpoint of another architecture; delete it or set train.resume=false")
         net.load_state_dict(ckpt["model"])
@@ -180,7 +184,7 @@ def train(sparse_path: str | Path, target_path: str | Path, out_path: str | Path
             state["best_dice"] = row["val_dice"]
             _save({**meta, "model": net.state_dict(), "epoch": epoch, "val_dice": row["val_dice"]}, out_path)
         _save({**meta, **state, "model": net.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-               "torch_rng": torch.get_rng_state(), "loader_rng": gen.get_state()}, last)  # fmt: skip
+               "torch_rng": torch.get_rng_state(), "loader_rng": gen.get_state(), "run_key": run_key}, last)  # fmt: skip
     if not out_path.exists():  # every epoch had Dice <= the untrained one: keep the last weights
         _save({**meta, "model": net.state_dict(), "epoch": state["epoch"], "val_dice": state["rows"][-1]["val_dice"]}, out_path)
     _write_metrics(state["rows"], folder / "metrics.csv")
@@ -188,6 +192,17 @@ def train(sparse_path: str | Path, target_path: str | Path, out_path: str | Path
 
     plot_training(state["rows"], folder / "train.png")
     return state["rows"], meta["trivial_val_dice"]
+
+
+def _run_key(cfg: dict, seed: int, data: SparseBlocks) -> str:
+    """What a resumable run depends on: the training config (not device or workers), seed and data."""
+    import hashlib
+    import json
+
+    relevant = {k: v for k, v in cfg.items() if k not in ("device", "num_workers", "resume", "epochs")}
+    store = data._open()[0]
+    fingerprint = [relevant, seed, store.offsets.tolist(), store.origin.tolist(), str(data.sparse_path), str(data.target_path)]
+    return hashlib.sha256(json.dumps(fingerprint, sort_keys=True, default=str).encode()).hexdigest()
 
 
 class _Indexed(torch.utils.data.Dataset):
