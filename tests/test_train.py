@@ -157,3 +157,23 @@ def test_cascaded_training_adds_one_scale_per_stage():
     assert supervised_scales(3, True) == [0, 1, 2, 3]
     assert supervised_scales(3, False) == [3]
     assert [supervised_scales(3, True, stage) for stage in range(4)] == [[0], [0, 1], [0, 1, 2], [0, 1, 2, 3]]
+
+
+def test_learned_mask_trains_and_keeps_the_bubbles(stores, tmp_path, capsys):
+    from ulm.mask import train_mask
+    from ulm.sparse import trade_off
+
+    root, cfg = stores
+    scfg = {**cfg["sparse"], "learned_epochs": 4}
+    stats = train_mask(root / "iq.zarr", root / "tracks.zarr", tmp_path / "mask.pt", scfg, 0, cfg["train"]["val_fraction"])
+    assert stats["final_loss"] < stats["first_loss"]
+    learned = {**scfg, "method": "learned", "mask_checkpoint": str(tmp_path / "mask.pt")}
+    sparsify_iq(root / "iq.zarr", tmp_path / "sparse-learned.zarr", learned, progress=False)
+    store = CooStore(tmp_path / "sparse-learned.zarr")
+    assert store.attrs["method"] == "learned" and store.attrs["params"]["checkpoint"] == str(tmp_path / "mask.pt")
+    point = trade_off(root / "iq.zarr", root / "tracks.zarr", learned, values=[0.5])[0]
+    print(f"learned mask: keeps {point['kept_fraction']:.3f} of the sites and {point['mb_fraction']:.3f} of the MB positions")
+    assert point["kept_fraction"] < 0.5 and point["mb_fraction"] > 0.8
+    capsys.readouterr()
+    argv = ["sparsify", "--quiet", "--set", "sparse.method=learned", str(root / "iq.zarr"), str(tmp_path / "x.zarr")]
+    assert main(argv) == 2 and "mask_checkpoint" in capsys.readouterr().err

@@ -104,7 +104,7 @@ def cmd_sparsify(args: argparse.Namespace, cfg: dict) -> None:
         from ulm.plots import plot_trade_off
 
         rows = trade_off(args.iq, args.tracks, scfg)
-        param = scfg["tau"] if scfg["method"] == "threshold" else scfg["topk_k"]
+        param = {"threshold": scfg["tau"], "topk": scfg["topk_k"], "learned": scfg["learned_threshold"]}[scfg["method"]]
         point = trade_off(args.iq, args.tracks, scfg, values=[param])[0]
         rows = [{**r, "iq_bytes": iq_bytes, "sparse_bytes": sparse_bytes, "configured": False} for r in rows]
         rows.append({**point, "iq_bytes": iq_bytes, "sparse_bytes": sparse_bytes, "configured": True})
@@ -115,6 +115,14 @@ def cmd_sparsify(args: argparse.Namespace, cfg: dict) -> None:
                 writer.writerows(rows)
         if args.plot:
             plot_trade_off(rows[:-1], point, iq_bytes, sparse_bytes, args.plot)
+
+
+def cmd_mask(args: argparse.Namespace, cfg: dict) -> None:
+    from ulm.mask import train_mask
+
+    seed = derive_seed(cfg["seed"], "mask")
+    stats = train_mask(args.iq, args.tracks, args.output, cfg["sparse"], seed, cfg["train"]["val_fraction"])
+    print(f"mask: Dice loss {stats['first_loss']:.3f} -> {stats['final_loss']:.3f}", file=sys.stderr)
 
 
 def cmd_targets(args: argparse.Namespace, cfg: dict) -> None:
@@ -181,6 +189,7 @@ STAGES = {
     "bubbles": (cmd_bubbles, ["graph", "flow", "output"], "microbubble ground truth: graph.zarr flow.zarr -> tracks.zarr"),
     "forward": (cmd_forward, ["tracks", "output"], "ultrasound forward model: tracks.zarr -> iq.zarr"),
     "sparsify": (cmd_sparsify, ["iq", "output"], "sparse COO blocks: iq.zarr -> sparse.zarr"),
+    "mask": (cmd_mask, ["iq", "tracks", "output"], "train the learned sparsification mask: iq.zarr tracks.zarr -> mask.pt"),
     "targets": (cmd_targets, ["tracks", "iq", "output"], "8x ground-truth passage maps: tracks.zarr iq.zarr -> target.zarr"),
     "train": (cmd_train, ["sparse", "target", "output"], "train the network: sparse.zarr target.zarr -> model.pt"),
     "infer": (cmd_infer, ["checkpoint", "sparse", "output"], "super-resolve every block: model.pt sparse.zarr -> pred.zarr"),

@@ -99,10 +99,17 @@ def keep_mask(power: np.ndarray, method: str, tau: float, k: int) -> np.ndarray:
     raise UlmError(f"sparse.method {method!r}: expected threshold or topk")
 
 
-def sparsify_block(block: np.ndarray, method: str, tau: float, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """COO of one block: coords (N, 1 + D) int32 in (t, z, [y,] x) order and feats (N, 2) (Re, Im)."""
+def sparsify_block(block: np.ndarray, method: str, tau: float, k: int, mask_net=None, learned_threshold: float = 0.5,
+                   ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """COO of one block: coords (N, 1 + D) int32 in (t, z, [y,] x) order and feats (N, 2) (Re, Im).
+    ``learned`` keeps the sites where ``mask_net`` (ulm.mask.MaskNet) predicts p > ``learned_threshold``."""
     power, scale = normalise(block)
-    mask = keep_mask(power, method, tau, k)
+    if method == "learned":
+        from ulm.mask import mask_probability
+
+        mask = mask_probability(mask_net, block) > learned_threshold
+    else:
+        mask = keep_mask(power, method, tau, k)
     coords = np.argwhere(mask).astype(np.int32)
     values = block[mask] / scale
     return coords, np.column_stack([values.real, values.imag]).astype(np.float32)
@@ -121,18 +128,28 @@ def sparsify_iq(iq_path: str | Path, out_path: str | Path, cfg: dict, progress: 
     iq = read_iq(iq_path)
     tiling = make_tiling(iq.iq.shape, cfg)
     method = cfg["method"]
+    mask_net = _learned_mask(cfg) if method == "learned" else None
 
     def convert(t0: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         data = iq.iq[t0 : t0 + tiling.block_shape[0]]
         return [
-            (*sparsify_block(cut(data, o, tiling.block_shape, t0), method, cfg["tau"], cfg["topk_k"]), o)
+            (
+                *sparsify_block(
+                    cut(data, o, tiling.block_shape, t0), method, cfg["tau"], cfg["topk_k"], mask_net, cfg["learned_threshold"]
+                ),
+                o,
+            )
             for o in tiling.tiles_of(t0)
         ]
 
     attrs = {
         "block_shape": list(tiling.block_shape),
         "method": method,
-        "params": {"tau": cfg["tau"]} if method == "threshold" else {"k": cfg["topk_k"]},
+        "params": {
+            "threshold": {"tau": cfg["tau"]},
+            "topk": {"k": cfg["topk_k"]},
+            "learned": {"threshold": cfg["learned_threshold"], "checkpoint": cfg["mask_checkpoint"]},
+        }[method],  # fmt: skip
         "normalisation": "feats = IQ / sqrt(max power of the block)",
         "sparse": cfg,
         "iq": {k: iq.attrs[k] for k in ("origin_um", "spacing_um", "wavelength_um", "frame_rate_hz") if k in iq.attrs}
@@ -184,12 +201,15 @@ def trade_off(
     frames = tiling.block_shape[0]
     n = cfg["trade_off_points"]
     sites = int(np.prod(tiling.block_shape))
+    learned = cfg["method"] == "learned"
+    mask_net = _learned_mask(cfg) if learned else None
     if values is None:
-        values = (
-            np.logspace(-4, 0, n, endpoint=False)
-            if cfg["method"] == "threshold"
-            else np.unique(np.geomspace(1, sites, n).astype(int))
-        )
+        if learned:
+            values = np.linspace(0.05, 0.95, n)
+        elif cfg["method"] == "threshold":
+            values = np.logspace(-4, 0, n, endpoint=False)
+        else:
+            values = np.unique(np.geomspace(1, sites, n).astype(int))
     kept, hit, total_sites, total_mb = np.zeros(len(values)), np.zeros(len(values)), 0, 0
     for t0 in tiling.time_blocks()[:max_blocks]:
         data = iq.iq[t0 : t0 + frames]
@@ -199,14 +219,26 @@ def trade_off(
             local = mb - np.concatenate([[0], origin[1:]])
             local = local[np.all((local >= 0) & (local < np.asarray(tiling.block_shape)), axis=1)]
             power, _ = normalise(block)
+            if learned:
+                from ulm.mask import mask_probability
+
+                power = mask_probability(mask_net, block)  # the score the threshold applies to
             total_sites += block.size
             total_mb += len(local)
             for j, v in enumerate(values):
-                mask = keep_mask(power, cfg["method"], float(v), int(v))
+                mask = power > v if learned else keep_mask(power, cfg["method"], float(v), int(v))
                 kept[j] += mask.sum()
                 hit[j] += mask[tuple(local.T)].sum() if len(local) else 0
     return [{"method": cfg["method"], "parameter": float(v), "kept_fraction": kept[j] / total_sites,
              "mb_fraction": hit[j] / max(total_mb, 1)} for j, v in enumerate(values)]  # fmt: skip
+
+
+def _learned_mask(cfg: dict):
+    from ulm.mask import load_mask
+
+    if not cfg["mask_checkpoint"]:
+        raise UlmError("sparse.method = learned needs sparse.mask_checkpoint (a mask.pt from `ulm mask`)")
+    return load_mask(cfg["mask_checkpoint"])
 
 
 def store_bytes(path: str | Path) -> int:

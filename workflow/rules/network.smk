@@ -26,7 +26,7 @@ rule train:
         dims="[23]",
         c=r"\d+",
         model="sparse|dense",
-        method="threshold|topk",
+        method="threshold|topk|learned",
     log:
         f"{LOGS}/{{dims}}d/c{{c}}/train-{{model}}-{{method}}.log",
     conda:
@@ -54,7 +54,7 @@ rule infer:
         dims="[23]",
         c=r"\d+",
         model="sparse|dense",
-        method="threshold|topk",
+        method="threshold|topk|learned",
     log:
         f"{LOGS}/{{dims}}d/c{{c}}/infer-{{model}}-{{method}}.log",
     conda:

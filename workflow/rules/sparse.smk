@@ -1,16 +1,45 @@
 # Sparse conversion: beamformed IQ -> COO blocks for the sparse networks, and 8x ground-truth targets.
 
 # keys that do not change a method's output (so changing them does not rerun it)
+LEARNED_KEYS = ("learned_threshold", "learned_epochs", "mask_checkpoint")
 SPARSIFY_IGNORES = {
-    method: ("methods", "method", "factor", "workers", other)
-    for method, other in (("threshold", "topk_k"), ("topk", "tau"))
+    "threshold": ("methods", "method", "factor", "workers", "topk_k", *LEARNED_KEYS),
+    "topk": ("methods", "method", "factor", "workers", "tau", *LEARNED_KEYS),
+    "learned": ("methods", "method", "factor", "workers", "tau", "topk_k", "learned_epochs", "mask_checkpoint"),
 }
+
+
+rule mask:
+    input:
+        iq=f"{RESULTS}/{{dims}}d/c{{c}}/iq.zarr",
+        tracks=f"{RESULTS}/c{{c}}/tracks.zarr",
+    output:
+        f"{RESULTS}/{{dims}}d/c{{c}}/mask.pt",
+    params:
+        code=code("mask.py"),
+        cfg=section("sparse", keep=("block_frames", "learned_epochs")),
+        val_fraction=config["train"]["val_fraction"],
+        seed=config["seed"],
+    wildcard_constraints:
+        dims="[23]",
+        c=r"\d+",
+    log:
+        f"{LOGS}/{{dims}}d/c{{c}}/mask.log",
+    conda:
+        "../../envs/nn.yaml"
+    resources:
+        mem_mb=8000,
+        runtime=60,
+    shell:
+        "{ULM} mask --quiet --set seed={params.seed} --set sparse={params.cfg:q} --set train.val_fraction={params.val_fraction}"
+        " {input.iq} {input.tracks} {output} > {log} 2>&1"
 
 
 rule sparsify:
     input:
         iq=f"{RESULTS}/{{dims}}d/c{{c}}/iq.zarr",
         tracks=f"{RESULTS}/c{{c}}/tracks.zarr",
+        mask=lambda w: f"{RESULTS}/{w.dims}d/c{w.c}/mask.pt" if w.method == "learned" else [],
     output:
         store=directory(f"{RESULTS}/{{dims}}d/c{{c}}/sparse-{{method}}.zarr"),
         csv=f"{RESULTS}/{{dims}}d/c{{c}}/sparse-{{method}}.csv",
@@ -18,10 +47,11 @@ rule sparsify:
     params:
         code=code("sparse.py", "imaging.py"),
         cfg=lambda w: section("sparse", drop=SPARSIFY_IGNORES[w.method]),
+        mask=lambda w, input: f"--set sparse.mask_checkpoint={input.mask}" if w.method == "learned" else "",
     wildcard_constraints:
         dims="[23]",
         c=r"\d+",
-        method="threshold|topk",
+        method="threshold|topk|learned",
     log:
         f"{LOGS}/{{dims}}d/c{{c}}/sparsify-{{method}}.log",
     conda:
@@ -31,7 +61,7 @@ rule sparsify:
         mem_mb=8000,
         runtime=60,
     shell:
-        "{ULM} sparsify --quiet --set sparse={params.cfg:q} --set sparse.method={wildcards.method}"
+        "{ULM} sparsify --quiet --set sparse={params.cfg:q} --set sparse.method={wildcards.method} {params.mask}"
         " --tracks {input.tracks} --csv {output.csv} --plot {output.plot} {input.iq} {output.store} > {log} 2>&1"
 
 
