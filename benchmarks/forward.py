@@ -32,6 +32,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numba
 import numpy as np
+from report_table import print_rows  # benchmarks/report_table.py, beside this script
 
 from ulm.config import load_config
 from ulm.forward.geometry import Probe
@@ -288,10 +289,7 @@ def print_table(r: dict) -> None:
             "PyMUST per frame: simus + rf2iq(RF, param) per angle, RF zero-padded to a fixed length, DAS = (dasmtx matrix) @ IQ, "
             "angles summed"
         )
-    width = max(len(name) for name, _, _ in rows)
-    print(f"{'what':{width}s} {'value':>12s}")
-    for name, value, fmt in rows:
-        print(f"{name:{width}s} {value:12{fmt}}")
+    print_rows(rows)
 
 
 def main() -> None:

@@ -35,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from report_table import print_rows  # benchmarks/report_table.py, beside this script
 from torch.utils.data import DataLoader, Dataset
 
 from ulm.bubbles import simulate_tracks
@@ -197,10 +198,7 @@ def print_table(r: dict) -> None:
         ]
     best = f"workers {r['blocks_per_s_setting']['num_workers']}, batch {r['blocks_per_s_setting']['batch_size']}"
     rows.append((f"best SparseBlocks ({best}) / best DenseBlocks", r["serving_vs_dense"], ".2f"))
-    width = max(len(name) for name, _, _ in rows)
-    print(f"{'what':{width}s} {'value':>12s}")
-    for name, value, fmt in rows:
-        print(f"{name:{width}s} {value:12{fmt}}")
+    print_rows(rows)
 
 
 def main() -> None:

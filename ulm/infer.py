@@ -12,6 +12,7 @@ from tqdm import tqdm
 from ulm.dataset import DenseBlocks, SparseBlocks
 from ulm.errors import UlmError
 from ulm.imaging import fine_grid
+from ulm.nn.dense_net import pad_to
 from ulm.nn.spec import NetSpec
 from ulm.store import CooWriter
 from ulm.train import build_net, pick_device
@@ -50,8 +51,8 @@ def predict(checkpoint: str | Path, sparse_path: str | Path, out_path: str | Pat
         )
     padded = spec.pad_shape(data.block_shape)
     fine_block = np.array(data.block_shape[1:]) * spec.factor
-    attrs_src = SparseBlocks(sparse_path)._open()[0].attrs
-    origin, spacing = fine_grid(attrs_src["iq"]["origin_um"], attrs_src["iq"]["spacing_um"], spec.factor)
+    iq_grid = data._open()[0].attrs["iq"]
+    origin, spacing = fine_grid(iq_grid["origin_um"], iq_grid["spacing_um"], spec.factor)
     attrs = {"factor": spec.factor, "origin_um": origin.tolist(), "spacing_um": spacing.tolist(), "checkpoint": str(checkpoint),
              "fine_block_shape": fine_block.tolist(), "threshold": 0.5}  # fmt: skip
     dense = DenseBlocks(iq_path, sparse_path) if ckpt["model_kind"] == "dense" else None
@@ -59,11 +60,7 @@ def predict(checkpoint: str | Path, sparse_path: str | Path, out_path: str | Pat
         for b in tqdm(range(len(data)), unit="block", desc="infer", disable=not progress):
             item = data[b]
             if dense is not None:
-                x = dense[b][None].to(device)
-                x = torch.nn.functional.pad(
-                    x, [p for n, m in zip(reversed(x.shape[2:]), reversed(padded), strict=True) for p in (0, m - n)]
-                )
-                prob = torch.sigmoid(net(x)[-1][0])
+                prob = torch.sigmoid(net(pad_to(dense[b][None].to(device), padded))[-1][0])
                 coords = torch.nonzero(prob > 0.5)
                 values = prob[tuple(coords.T)]
             else:
@@ -75,4 +72,4 @@ def predict(checkpoint: str | Path, sparse_path: str | Path, out_path: str | Pat
                 keep = logits > 0
                 coords, values = indices[keep, 1:], torch.sigmoid(logits[keep])
             inside = torch.all(coords < torch.as_tensor(fine_block, device=coords.device), dim=1)  # drop the padding
-            writer.append(coords[inside].cpu().numpy(), values[inside, None].cpu().numpy(), data._open()[0].origin[b])
+            writer.append(coords[inside].cpu().numpy(), values[inside, None].cpu().numpy(), data.origins[b])

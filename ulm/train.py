@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from ulm.dataset import DenseBlocks, SparseBlocks, collate_sparse
 from ulm.errors import UlmError
-from ulm.nn.dense_net import DenseULMNet
+from ulm.nn.dense_net import DenseULMNet, pad_to
 from ulm.nn.loss import dense_loss, dense_targets, pooled_target_keys, sparse_loss, supervised_scales
 from ulm.nn.spec import NetSpec
 from ulm.sparse import held_out_start
@@ -74,10 +74,7 @@ class Batches:
         target = batch["target_indices"].to(self.device)
         if self.model == "dense":
             x = torch.stack([self.dense[int(i)] for i in batch["block"]]).to(self.device)
-            x = torch.nn.functional.pad(
-                x, [p for n, m in zip(reversed(x.shape[2:]), reversed(self.padded), strict=True) for p in (0, m - n)]
-            )
-            outputs = net(x)
+            outputs = net(pad_to(x, self.padded))
             loss = dense_loss(outputs, dense_targets(target.cpu(), batch["batch_size"], space, self.spec.n_up), scales)
             pred = torch.nonzero(outputs[-1] > 0)
             return loss, pred, target

@@ -88,6 +88,11 @@ def _block_transpose(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     return y.reshape(x.shape[0], w.shape[0], *[size * s for size, s in zip(x.shape[2:], k, strict=True)])
 
 
+def pad_to(x: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """Zero-pad a (B, C, *S) block at the end of each axis to ``shape`` (NetSpec.pad_shape)."""
+    return F.pad(x, [p for n, m in zip(reversed(x.shape[2:]), reversed(shape), strict=True) for p in (0, m - n)])
+
+
 class DenseULMNet(nn.Module):
     """Dense twin of SparseULMNet on (B, 2, T, *space) inputs; returns the per-scale logits
     (B, *space_scale) at x1, x2, x4 and x8. Pruning does not apply to dense tensors."""
