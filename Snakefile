@@ -5,7 +5,7 @@ sys.path.insert(0, workflow.basedir)
 
 from snakemake.exceptions import WorkflowError
 
-from ulm.config import apply_preset, validate_config
+from ulm.config import apply_preset, check_disjoint_test_graph, validate_config
 from ulm.errors import UlmError
 
 
@@ -13,8 +13,9 @@ configfile: "config.yaml"
 
 
 try:
-    apply_preset(config, workflow.basedir, workflow.config_settings.overwrite_config)  # --config preset=NAME
+    apply_preset(config, workflow.basedir, dict(workflow.config_settings.config))  # --config preset=NAME
     config.update(validate_config(config))  # fills every default, rejects unknown or mistyped keys
+    check_disjoint_test_graph(config["graph"])  # no test vessel may reach training
 except UlmError as exc:
     raise WorkflowError(str(exc)) from None
 

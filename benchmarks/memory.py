@@ -3,7 +3,8 @@
 concentrations, fitted against input size and extrapolated to the paper's blocks (512 x 32^2 in 2D,
 512 x 32^3 in 3D).
 
-    python benchmarks/memory.py [--quick] [--kernel 3] [--optimizer] [--no-paper] [--no-rss-check] [--dims 2 3] [--json]
+    python benchmarks/memory.py [--quick] [--kernel 3] [--optimizer] [--no-paper] [--no-rss-check] [--dims 2 3] [--threads N]
+                                [--json] [--out DIR]
 
 Default run: ~2-3 min on 2 idle cores (7 min with the machine shared), peak resident set ~8 GB (the
 dense 3D check at T=16, S=32); --quick: ~1 min, < 1.5 GB. Progress lines go to stderr.
@@ -55,12 +56,20 @@ at the paper sizes, high concentration; measured where measured, else fitted), `
 ``ratio_3d_fit`` (both sides from the fits), the paper-size peaks in MB (``*_mb``, with ``*_source``),
 ``eq1_2d``/``eq1_3d`` (1 / active fraction at the paper size), ``ratio_fit_by_c_*``, the fits and their
 checks, the oracle-head ratios, the RSS cross-check, every measured point (``points``) and the setup.
+
+With --out DIR the run ends by writing the folder DIR atomically (built in ``DIR.tmp``, then renamed):
+``memory.csv`` (one row per measured point and per paper-size value: kind = measured / paper-measured / fit,
+dims, model, frames_T, tile_S, concentration, active_sites_N, voxels_V, peak_mb, in_fit), ``memory.png``
+(one panel per dims: peak memory against input size with the fits and the paper-size extrapolation) and
+``memory.json`` (the object --json prints). --threads N sets ``torch.set_num_threads`` (also in the
+cross-check process).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import csv
 import ctypes
 import gc
 import json
@@ -72,6 +81,7 @@ import sys
 import time
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -83,6 +93,7 @@ from ulm.nn.dense_net import DenseULMNet  # noqa: E402
 from ulm.nn.loss import dense_loss, dense_targets, pooled_target_keys, sparse_loss, supervised_scales  # noqa: E402
 from ulm.nn.sparse_net import SparseULMNet  # noqa: E402
 from ulm.nn.spec import NetSpec  # noqa: E402
+from ulm.store import atomic_path  # noqa: E402
 
 PAPER_T, PAPER_S = 512, 32
 HIGH_C = {2: 20, 3: 30}
@@ -316,6 +327,8 @@ def _status_bytes(key: str) -> int:
 def child(cfg: dict) -> None:
     """Run one step in this fresh process and print the resident-set growth during it (JSON)."""
     kind, dims, T, S, c = cfg["kind"], cfg["dims"], cfg["T"], cfg["S"], cfg["c"]
+    if cfg.get("threads"):
+        torch.set_num_threads(cfg["threads"])
     spec = NetSpec(dims=dims, kernel=cfg["kernel"], width=16)
     device = torch.device("cpu")
     sim = simulate(dims, c)
@@ -340,8 +353,8 @@ def child(cfg: dict) -> None:
     print(json.dumps({"rss_step": after - before, "method": method, "n_active": block.n_active}))
 
 
-def rss_check(kind: str, dims: int, T: int, S: int, c: int, kernel: int, optimizer: bool) -> dict:
-    cfg = {"kind": kind, "dims": dims, "T": T, "S": S, "c": c, "kernel": kernel, "optimizer": optimizer}
+def rss_check(kind: str, dims: int, T: int, S: int, c: int, kernel: int, optimizer: bool, threads: int | None = None) -> dict:
+    cfg = {"kind": kind, "dims": dims, "T": T, "S": S, "c": c, "kernel": kernel, "optimizer": optimizer, "threads": threads}
     out = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", json.dumps(cfg)],
                          capture_output=True, text=True, check=True, env={**os.environ, **MALLOC_ENV})  # fmt: skip
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -386,6 +399,197 @@ def sparse_fit(rows: list[dict]) -> dict:
     return {"a": a, "b_per_site": b}
 
 
+# ----------------------------------------------------------------------------- outputs (--out)
+
+DENSE_COLOUR, SPARSE_COLOUR = "tab:red", "navy"
+CSV_COLUMNS = ("kind", "dims", "model", "frames_T", "tile_S", "concentration", "active_sites_N", "voxels_V", "peak_mb", "in_fit")
+
+
+def paper_voxels(dims: int) -> int:
+    return PAPER_T * PAPER_S**dims
+
+
+def dense_left_out(res: dict) -> set[tuple[int, int]]:
+    """(T, S) of the dense measurements left out of the dense fit (its checks and the paper size)."""
+    return {(h["T"], h["S"]) for h in res["dense_fit"]["checks"]} | {(PAPER_T, PAPER_S)}
+
+
+def table_row(kind: str, dims: int, model: str, T: int, S: int, c: int | None, n: int | None, v: int, peak: float,
+              in_fit: bool) -> dict:  # fmt: skip
+    """One row of memory.csv (peak in bytes; empty cells for what does not apply)."""
+    values = (kind, dims, model, T, S, "" if c is None else c, "" if n is None else n, v, f"{peak / MB:.2f}", int(in_fit))
+    return dict(zip(CSV_COLUMNS, values, strict=True))
+
+
+def measured_rows(points: list[dict], result: dict) -> list[dict]:
+    """Measured points: dense once per (dims, T, S), sparse once per (dims, T, S, c); paper-size ones marked."""
+    rows, dense_seen = [], set()
+    for p in points:
+        dims, T, S = p["dims"], p["T"], p["S"]
+        kind = "paper-measured" if (T, S) == (PAPER_T, PAPER_S) else "measured"
+        if p["dense"] is not None and (dims, T, S) not in dense_seen:
+            dense_seen.add((dims, T, S))
+            in_fit = (T, S) not in dense_left_out(result[dims])
+            rows.append(table_row(kind, dims, "dense", T, S, None, None, p["voxels"], p["dense"], in_fit))
+        in_fit = kind == "measured"
+        rows.append(table_row(kind, dims, "sparse", T, S, p["c"], p["n_active"], p["voxels"], p["sparse"], in_fit))
+    return rows
+
+
+def paper_fit(dims: int, res: dict) -> dict:
+    """Fitted peaks (bytes) at the paper size: dense, and sparse at every concentration with its active sites N."""
+    v = paper_voxels(dims)
+    sfit = res["sparse_fit"]
+    n = {c: round(dens * v) for c, dens in res["density"].items()}
+    return {
+        "voxels": v,
+        "dense": res["dense_fit_mb"] * MB,
+        "n": n,
+        "sparse": {c: sfit["a"] + sfit["b_per_site"] * k for c, k in n.items()},
+    }
+
+
+def fit_rows(dims: int, res: dict) -> list[dict]:
+    """The paper-size extrapolations of the fits (kind ``fit``): dense once, sparse per concentration."""
+    fit = paper_fit(dims, res)
+    rows = [table_row("fit", dims, "dense", PAPER_T, PAPER_S, None, None, fit["voxels"], fit["dense"], False)]
+    for c, peak in fit["sparse"].items():
+        rows.append(table_row("fit", dims, "sparse", PAPER_T, PAPER_S, c, fit["n"][c], fit["voxels"], peak, False))
+    return rows
+
+
+def table_rows(points: list[dict], result: dict) -> list[dict]:
+    """memory.csv: per dims, the measured points (dense, then sparse by concentration and size), then the fits."""
+    order = {"measured": 0, "paper-measured": 1, "fit": 2}
+    rows = measured_rows(points, result) + [r for dims, res in result.items() for r in fit_rows(dims, res)]
+    return sorted(rows, key=lambda r: (r["dims"], order[r["kind"]], r["model"], r["concentration"] or 0, r["voxels_V"]))
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    with open(path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=CSV_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def plot_panel(ax, dims: int, points: list[dict], res: dict) -> None:
+    """Peak memory against input size (dense: voxels V, sparse: active sites N), fits, paper-size extrapolation."""
+    import matplotlib.pyplot as plt
+
+    pts = [p for p in points if p["dims"] == dims]
+    concs = sorted(res["density"])
+    colour = dict(zip(concs, plt.cm.Blues(np.linspace(0.45, 0.95, len(concs))), strict=True))
+    fit = paper_fit(dims, res)
+    plot_dense(ax, dims, pts, res, fit)
+    plot_sparse(ax, dims, pts, res, fit, colour)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("input size: voxels V = T·$S^d$ (dense) / active input sites N (sparse)")
+    ax.set_ylabel("peak memory of one training step (MB = $10^6$ B)")
+    lo, hi = ax.get_ylim()
+    ax.set_ylim(lo, hi * (hi / lo) ** 0.08)  # headroom for the paper-size annotations
+    ax.grid(True, which="major", alpha=0.3)
+    ax.grid(True, which="minor", alpha=0.1)
+    c_hi = HIGH_C[dims]
+    ax.set_title(f"{dims}D+t, paper block {PAPER_T}×${PAPER_S}^{dims}$, c={c_hi}: dense / sparse = {res['ratio']:.1f}×\n"
+                 f"(dense {res['dense_mb']:,.0f} MB {res['dense_source']}, sparse {res['sparse_mb']:,.0f} MB "
+                 f"{res['sparse_source']}; both from the fits: {res['ratio_fit']:.1f}×)", fontsize=10)  # fmt: skip
+    ax.legend(handles=legend_handles(colour), fontsize=8, loc="upper left")
+
+
+def measured_marker(ax, x: float, y: float, marker: str, colour, left_out: bool, size: float) -> None:
+    """A measured point: filled if the fit used it, else hollow, thick and drawn above the paper-size stars."""
+    if left_out:
+        ax.plot(x, y, marker, ms=size + 3, color=colour, mfc="none", mew=2, zorder=6)
+    else:
+        ax.plot(x, y, marker, ms=size, color=colour, zorder=4)
+
+
+def paper_label(model: str, fitted: float, measured: float | None) -> str:
+    """The annotation of a paper-size star: the fitted peak, and the measured one where measured."""
+    return f"{model} at the paper size\nfit {fitted / MB:,.0f} MB" + (
+        "" if measured is None else f", measured {measured / MB:,.0f} MB"
+    )
+
+
+def plot_dense(ax, dims: int, pts: list[dict], res: dict, fit: dict) -> None:
+    """Dense: measured once per size (hollow: left out of the fit), the fit a + bV + fF as one line per tile side S."""
+    dense = {(p["T"], p["S"]): p for p in pts if p["dense"] is not None}
+    left = dense_left_out(res)
+    for key, p in dense.items():
+        measured_marker(ax, p["voxels"], p["dense"] / MB, "s", DENSE_COLOUR, key in left, 7)
+    T = np.geomspace(min((t for t, _ in dense), default=PAPER_T) / 1.5, PAPER_T, 50)
+    for S in sorted({S for _, S in dense} | {PAPER_S}):
+        y = dense_predict(res["dense_fit"], dims, T, S) / MB
+        ax.plot(T * S**dims, y, color=DENSE_COLOUR, lw=1.2, ls="-" if S == PAPER_S else "--", alpha=0.8)
+        ax.annotate(f"S={S}", (T[0] * S**dims, y[0]), xytext=(-3, 0), textcoords="offset points", ha="right", va="center",
+                    fontsize=8, color=DENSE_COLOUR, bbox={"fc": "white", "ec": "none", "pad": 0.5, "alpha": 0.8})  # fmt: skip
+    at = (fit["voxels"], fit["dense"] / MB)
+    ax.plot(*at, "*", ms=16, color=DENSE_COLOUR, mec="k", zorder=5)
+    measured = dense.get((PAPER_T, PAPER_S))
+    ax.annotate(paper_label("dense", fit["dense"], measured and measured["dense"]), at, xytext=(-14, 0),
+                textcoords="offset points", ha="right", va="center", fontsize=8, color=DENSE_COLOUR)  # fmt: skip
+
+
+def plot_sparse(ax, dims: int, pts: list[dict], res: dict, fit: dict, colour: dict) -> None:
+    """Sparse: every measured point coloured by concentration (hollow: paper size, left out of the fit), the fit
+    a + bN over all of them, and its paper-size values at every concentration (stars; the headline one annotated)."""
+    for p in pts:
+        measured_marker(ax, p["n_active"], p["sparse"] / MB, "o", colour[p["c"]], (p["T"], p["S"]) == (PAPER_T, PAPER_S), 6)
+    s = res["sparse_fit"]
+    n_all = [p["n_active"] for p in pts] + list(fit["n"].values())
+    N = np.geomspace(min(n_all) / 1.5, max(n_all) * 1.5, 50)
+    ax.plot(N, (s["a"] + s["b_per_site"] * N) / MB, color=SPARSE_COLOUR, lw=1.2)
+    c_hi = HIGH_C[dims]
+    for c, col in colour.items():
+        ax.plot(fit["n"][c], fit["sparse"][c] / MB, "*", ms=16 if c == c_hi else 11, color=col, mec="k", zorder=5)
+    measured = next((p["sparse"] for p in pts if (p["T"], p["S"], p["c"]) == (PAPER_T, PAPER_S, c_hi)), None)
+    at = (fit["n"][c_hi], fit["sparse"][c_hi] / MB)
+    ax.annotate(paper_label(f"sparse (c={c_hi})", fit["sparse"][c_hi], measured), at, xytext=(-12, 4), textcoords="offset points",
+                ha="right", va="bottom", fontsize=8, color=SPARSE_COLOUR)  # fmt: skip
+
+
+def legend_handles(colour: dict) -> list:
+    """Legend entries: markers per model / concentration, the fit lines, the paper-size stars."""
+    from matplotlib.lines import Line2D
+
+    def marker(m: str, c, label: str, **kw) -> Line2D:
+        return Line2D([], [], marker=m, color=c, ls="none", label=label, **kw)
+
+    return [
+        marker("s", DENSE_COLOUR, "dense, measured (x: V)", ms=7),
+        *[marker("o", col, f"sparse, measured, c={c} MBs/frame (x: N)", ms=6) for c, col in colour.items()],
+        marker("o", "grey", "hollow: left out of the fit (checks, paper size)", ms=8, mfc="none", mew=2),
+        Line2D([], [], color=DENSE_COLOUR, label="dense fit a + bV + fF, per tile side S"),
+        Line2D([], [], color=SPARSE_COLOUR, label="sparse fit a + bN"),
+        marker("*", "grey", f"fits at the paper size {PAPER_T}×${PAPER_S}^d$", ms=12, mec="k"),
+    ]
+
+
+def plot(path: Path, points: list[dict], result: dict) -> None:
+    """memory.png: one panel per dims."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(result), figsize=(7.5 * len(result), 6), squeeze=False)
+    for ax, (dims, res) in zip(axes[0], result.items(), strict=True):
+        plot_panel(ax, dims, points, res)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_outputs(out_dir: Path, points: list[dict], result: dict, json_line: str) -> None:
+    """Write memory.csv, memory.png and memory.json into ``out_dir`` (built as a sibling, renamed when complete)."""
+    with atomic_path(out_dir) as tmp:
+        tmp.mkdir()
+        write_csv(tmp / "memory.csv", table_rows(points, result))
+        plot(tmp / "memory.png", points, result)
+        (tmp / "memory.json").write_text(json_line + "\n")
+
+
 # ----------------------------------------------------------------------------- main
 
 
@@ -401,12 +605,16 @@ def main() -> None:
     parser.add_argument("--no-paper", action="store_true", help="skip the direct measurements at the paper sizes")
     parser.add_argument("--no-rss-check", action="store_true", help="skip the fresh-process resident-set cross-check")
     parser.add_argument("--dims", type=int, nargs="+", default=[2, 3], choices=[2, 3])
-    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's own)")
+    parser.add_argument("--json", action="store_true", help="end with one JSON line")
+    parser.add_argument("--out", type=Path, metavar="DIR", help="write memory.csv, memory.png, memory.json to DIR (atomically)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         child(json.loads(args.child))
         return
+    if args.threads:
+        torch.set_num_threads(args.threads)
     t_start = time.perf_counter()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     grid = QUICK if args.quick else FULL
@@ -503,25 +711,35 @@ def main() -> None:
             if dims in args.dims:
                 spec = NetSpec(dims=dims, kernel=args.kernel, width=16)
                 m = measure(kind, crop(simulate(dims, c), T, S), spec, device, optimizer=args.optimizer)
-                rss = rss_check(kind, dims, T, S, c, args.kernel, args.optimizer)
+                rss = rss_check(kind, dims, T, S, c, args.kernel, args.optimizer, args.threads)
                 step_mb = (m["peak"] - m["held"]) / MB
                 checks.append({"kind": kind, "dims": dims, "T": T, "S": S, "c": c, "profiler_step_mb": step_mb,
                                "rss_step_mb": rss["rss_step"] / MB, "rss_method": rss["method"]})  # fmt: skip
     elapsed = time.perf_counter() - t_start
     report(points, result, checks, skipped)
     print(f"\ntotal {elapsed:.0f} s")
+    setup = {"device": str(device), "kernel": args.kernel, "quick": args.quick, "optimizer": args.optimizer, "measure": method,
+             "seconds": elapsed}  # fmt: skip
+    line = json.dumps(summary(points, result, checks, setup), default=float)
+    if args.out:
+        write_outputs(args.out, points, result, line)
+        print(f"wrote {args.out}/memory.csv, memory.png, memory.json")
     if args.json:
-        out = {f"ratio_{d}d": res["ratio"] for d, res in result.items()}
-        for d, res in result.items():
-            out[f"ratio_{d}d_fit"] = res["ratio_fit"]
-            for k in ("eq1", "dense_mb", "sparse_mb", "dense_source", "sparse_source", "dense_fit_mb", "dense_fit1_mb",
-                      "sparse_fit_mb", "n_active_paper", "n_active_paper_crops", "active_fraction_paper", "oracle_ratio",
-                      "oracle_sparse_mb", "ratio_fit_by_c", "eq1_by_c"):  # fmt: skip
-                out[f"{k}_{d}d"] = res[k]
-            out[f"fit_{d}d"] = {"dense": res["dense_fit"], "sparse": res["sparse_fit"]}
-        out.update({"points": points, "rss_check": checks, "device": str(device), "kernel": args.kernel, "quick": args.quick,
-                    "optimizer": args.optimizer, "measure": method, "seconds": elapsed})  # fmt: skip
-        print(json.dumps(out, default=float))
+        print(line)
+
+
+def summary(points: list[dict], result: dict, checks: list[dict], setup: dict) -> dict:
+    """The JSON object of --json (and memory.json): paper-size ratios and peaks per dims, fits, points, setup."""
+    out = {f"ratio_{d}d": res["ratio"] for d, res in result.items()}
+    for d, res in result.items():
+        out[f"ratio_{d}d_fit"] = res["ratio_fit"]
+        for k in ("eq1", "dense_mb", "sparse_mb", "dense_source", "sparse_source", "dense_fit_mb", "dense_fit1_mb",
+                  "sparse_fit_mb", "n_active_paper", "n_active_paper_crops", "active_fraction_paper", "oracle_ratio",
+                  "oracle_sparse_mb", "ratio_fit_by_c", "eq1_by_c"):  # fmt: skip
+            out[f"{k}_{d}d"] = res[k]
+        out[f"fit_{d}d"] = {"dense": res["dense_fit"], "sparse": res["sparse_fit"]}
+    out.update({"points": points, "rss_check": checks, **setup})
+    return out
 
 
 def report(points: list[dict], result: dict, checks: list[dict], skipped: list[str]) -> None:

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ulm.config import apply_overrides, derive_seed, load_config, schema, validate_config
+from ulm.config import apply_overrides, check_disjoint_test_graph, derive_seed, load_config, schema, validate_config
 from ulm.errors import UlmError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -79,3 +79,26 @@ def test_numbers_given_as_text_are_parsed_but_bad_text_is_still_rejected():
     assert cfg["bubbles"]["n_frames"] == 8192 and cfg["dims"] == [2, 3]
     with pytest.raises(UlmError, match="bubbles.n_frames"):
         validate_config({"bubbles": {"n_frames": "many"}})
+
+
+BOX_A, BOX_B = [0, 100, 0, 100, 0, 100], [100, 200, 0, 100, 0, 100]  # touching faces share no volume
+
+
+@pytest.mark.parametrize(
+    ("graph", "ok"),
+    [
+        ({"source": "bundled:mouse_20120409", "test_source": "bundled:mouse_20100203"}, True),
+        ({"source": "synthetic", "test_source": "synthetic"}, True),  # each split draws its own graph
+        ({"source": "bundled:mouse_20120409", "test_source": "bundled:mouse_20120409"}, False),
+        ({"source": "a.swc", "test_source": "./a.swc", "crop_um": BOX_A, "test_crop_um": BOX_B}, True),
+        ({"source": "a.swc", "test_source": "./a.swc", "crop_um": BOX_A, "test_crop_um": [50, 150, 0, 100, 0, 100]}, False),
+        ({"source": "a.swc", "test_source": "a.swc", "crop_um": BOX_A, "test_crop_um": None}, False),
+    ],
+)
+def test_test_graph_must_be_disjoint_from_the_training_graph(graph, ok):
+    graph = {"crop_um": None, "test_crop_um": None, **graph}
+    if ok:
+        check_disjoint_test_graph(graph)
+    else:
+        with pytest.raises(UlmError, match="is also the training graph"):
+            check_disjoint_test_graph(graph)

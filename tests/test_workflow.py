@@ -17,10 +17,15 @@ SMALL = {
     "bubbles": {"n_frames": 200, "chunk_frames": 64},
     "sparse": {"block_frames": 64},
     "train": {"epochs": 1},
+    "memory": {"enabled": False},  # the tiny preset's test runs the memory study
 }
 EVALUATION = {"render": 1, "metrics": 1, "summary": 1}
 NETWORK = {"train": 1, "infer": 1, **EVALUATION}
-IMAGING = {"forward": 1, "sparsify": 2, "targets": 1, "conventional": 1, **NETWORK}  # two sparsification methods by default
+# two splits (train, test) and two sparsification methods by default; targets for training, conventional ULM on test
+IMAGING = {"forward": 2, "sparsify": 4, "targets": 1, "conventional": 1, **NETWORK}
+GROUND_TRUTH = {"bubbles": 2, **IMAGING}
+# a test graph that crops the default one: only the test split and what scores it rerun
+TEST_ONLY = {"graph": 1, "flow": 1, "bubbles": 1, "forward": 1, "sparsify": 2, "conventional": 1, "infer": 1, **EVALUATION}
 
 
 @pytest.fixture(scope="module")
@@ -62,44 +67,57 @@ def finished_run(tmp_path_factory, workflow_copy):
 @pytest.mark.slow
 def test_pipeline_writes_contract_stores_and_plots(finished_run):
     out = finished_run / "results" / "t"
-    produced = ["graph.zarr", "flow.zarr", "flow.png", "c3/tracks.zarr", "c3/tracks.png", "2d/c3/iq.zarr", "2d/c3/iq.png"]
-    produced += ["2d/c3/target.zarr", "2d/c3/sparse-threshold.zarr", "2d/c3/sparse-topk.csv", "2d/c3/sparse-topk.png"]
-    produced += ["2d/c3/net-sparse-threshold/model.pt", "2d/c3/net-sparse-threshold/pred.zarr", "2d/c3/localizations.zarr"]
-    produced += ["2d/c3/density/network_sparse_cnn.zarr", "2d/c3/comparison.png", "2d/c3/metrics.json", "metrics.csv"]
+    per_split = ["graph.zarr", "flow.zarr", "flow.png", "c3/tracks.zarr", "c3/tracks.png", "2d/c3/iq.zarr", "2d/c3/iq.png"]
+    per_split += ["2d/c3/sparse-threshold.zarr", "2d/c3/sparse-topk.csv", "2d/c3/sparse-topk.png"]
+    produced = [f"{split}/{name}" for split in ("train", "test") for name in per_split]
+    produced += ["train/2d/c3/target.zarr", "train/2d/c3/net-sparse-threshold-full/model.pt"]
+    produced += ["test/2d/c3/net-sparse-threshold-full/pred.zarr", "test/2d/c3/localizations.zarr"]
+    produced += ["test/2d/c3/density/network_sparse_cnn.zarr", "test/2d/c3/comparison.png", "test/2d/c3/metrics.json"]
+    produced += ["metrics.csv", "dice.png", "ablation.csv", "tradeoff.png"]
     for name in produced:
         assert (out / name).exists(), name
     assert not list(out.rglob("*.tmp"))
     if CHECK_STORES.exists():
         check = subprocess.run([sys.executable, str(CHECK_STORES), str(out)], capture_output=True, text=True)
         assert check.returncode == 0, check.stdout
-        assert check.stdout.count("ok ") == 9
+        assert check.stdout.count("ok ") == 15, check.stdout
+
+
+RERUN_CASES = [
+    ({}, {}),
+    ({"flow": {"pressure_artery_mmHg": 80.0}}, {"flow": 2, **GROUND_TRUTH, "all": 1}),
+    ({"graph": {"merge_tol_um": 0.5}}, {"graph": 2, "flow": 2, **GROUND_TRUTH, "all": 1}),
+    ({"graph": {"test_crop_um": [0, 1e4, 0, 1e4, 0, 1e4]}}, {**TEST_ONLY, "all": 1}),
+    ({"bubbles": {"n_frames": 300, "chunk_frames": 64}}, {**GROUND_TRUTH, "all": 1}),
+    ({"seed": 4}, {**GROUND_TRUTH, "all": 1}),
+    ({"concentrations": [3, 5]}, {**GROUND_TRUTH, "all": 1}),
+    ({"forward": {"snr_db": 20.0}}, {**IMAGING, "all": 1}),
+    ({"forward": {"workers": 1}}, {}),
+    ({"probe": {"f_number": 1.5}}, {**IMAGING, "all": 1}),
+    ({"dims": [2, 3]}, {**IMAGING, "all": 1}),
+    ({"sparse": {"block_frames": 64, "tau": 0.2}}, {"sparsify": 2, **NETWORK, "all": 1}),
+    ({"sparse": {"block_frames": 64, "topk_k": 500}}, {"sparsify": 2, "summary": 1, "all": 1}),
+    ({"sparse": {"block_frames": 64, "factor": 4}}, {"targets": 1, **NETWORK, "all": 1}),
+    ({"sparse": {"block_frames": 32}}, {"sparsify": 4, "targets": 1, **NETWORK, "all": 1}),
+    ({"train": {"epochs": 2}}, {**NETWORK, "all": 1}),
+    ({"train": {"epochs": 1, "device": "cpu"}}, {}),
+    ({"train": {"epochs": 1, "ablations": ["noprune"]}}, {**NETWORK, "all": 1}),
+    ({"conventional": {"max_gap_frames": 1}}, {"conventional": 1, **EVALUATION, "all": 1}),
+    ({"render": {"gamma": 1.0}}, {**EVALUATION, "all": 1}),
+    ({"metrics": {"frc_split": "frames"}}, {"metrics": 1, "summary": 1, "all": 1}),
+    ({"memory": {"enabled": True}}, {"memory": 1, "all": 1}),
+]
+
+
+def test_rerun_cases_cover_every_config_section():
+    from ulm.config import schema
+
+    covered = {key for change, _ in RERUN_CASES for key in change}
+    assert covered == set(schema()["properties"]) - {"preset", "run"}  # a new run name or preset reruns everything
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    ("change", "expected"),
-    [
-        ({}, {}),
-        ({"flow": {"pressure_artery_mmHg": 80.0}}, {"flow": 1, "bubbles": 1, **IMAGING, "all": 1}),
-        ({"graph": {"merge_tol_um": 0.5}}, {"graph": 1, "flow": 1, "bubbles": 1, **IMAGING, "all": 1}),
-        ({"bubbles": {"n_frames": 300, "chunk_frames": 64}}, {"bubbles": 1, **IMAGING, "all": 1}),
-        ({"seed": 4}, {"bubbles": 1, **IMAGING, "all": 1}),
-        ({"concentrations": [3, 5]}, {"bubbles": 1, **IMAGING, "all": 1}),
-        ({"forward": {"snr_db": 20.0}}, {**IMAGING, "all": 1}),
-        ({"forward": {"workers": 1}}, {}),
-        ({"probe": {"f_number": 1.5}}, {**IMAGING, "all": 1}),
-        ({"dims": [2, 3]}, {**IMAGING, "all": 1}),
-        ({"sparse": {"block_frames": 64, "tau": 0.2}}, {"sparsify": 1, **NETWORK, "all": 1}),
-        ({"sparse": {"block_frames": 64, "topk_k": 500}}, {"sparsify": 1, "all": 1}),
-        ({"sparse": {"block_frames": 64, "factor": 4}}, {"targets": 1, **NETWORK, "all": 1}),
-        ({"sparse": {"block_frames": 32}}, {"sparsify": 2, "targets": 1, **NETWORK, "all": 1}),
-        ({"train": {"epochs": 2}}, {**NETWORK, "all": 1}),
-        ({"train": {"epochs": 1, "device": "cpu"}}, {}),
-        ({"conventional": {"max_gap_frames": 1}}, {"conventional": 1, **EVALUATION, "all": 1}),
-        ({"render": {"gamma": 1.0}}, {**EVALUATION, "all": 1}),
-        ({"metrics": {"frc_split": "frames"}}, {"metrics": 1, "summary": 1, "all": 1}),
-    ],
-)
+@pytest.mark.parametrize(("change", "expected"), RERUN_CASES)
 def test_changing_a_parameter_reruns_only_its_stage_and_downstream(finished_run, workflow_copy, change, expected):
     config = {**SMALL, **change}
     assert planned_jobs(snakemake(finished_run, config, "-n", snakefile=workflow_copy / "Snakefile")) == expected
@@ -114,13 +132,22 @@ def test_bad_config_key_fails_before_any_job(tmp_path):
 
 
 @pytest.mark.slow
+def test_test_data_from_the_training_graph_is_refused_before_any_job(tmp_path):
+    result = snakemake(tmp_path, {**SMALL, "graph": {"test_source": "bundled:mouse_20120409"}}, "-n")
+    assert result.returncode != 0
+    assert "'bundled:mouse_20120409' is also the training graph" in result.stdout + result.stderr
+    assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("module", "expected"),
     [
-        ("flow.py", {"flow": 1, "bubbles": 1, **IMAGING, "all": 1}),
+        ("flow.py", {"flow": 2, **GROUND_TRUTH, "all": 1}),
         ("forward/psf.py", {**IMAGING, "all": 1}),
         ("targets.py", {"targets": 1, **NETWORK, "all": 1}),
         ("nn/spec.py", {**NETWORK, "all": 1}),
+        ("summary.py", {"summary": 1, "all": 1}),
     ],
 )
 def test_editing_a_stage_module_reruns_that_stage_and_downstream(finished_run, workflow_copy, module, expected):
@@ -138,7 +165,7 @@ def test_report_gathers_figures_and_tables(finished_run, workflow_copy):
     result = snakemake(finished_run, SMALL, "--report", str(finished_run / "report.html"), snakefile=workflow_copy / "Snakefile")
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     html = (finished_run / "report.html").read_text(errors="replace")
-    for name in ("comparison.png", "metrics.csv", "flow.png", "train.png"):
+    for name in ("comparison.png", "metrics.csv", "flow.png", "train.png", "dice.png", "ablation.csv", "tradeoff.png"):
         assert name in html
 
 

@@ -178,9 +178,15 @@ def cmd_metrics(args: argparse.Namespace, cfg: dict) -> None:
 
 
 def cmd_summary(args: argparse.Namespace, cfg: dict) -> None:
-    from ulm.metrics import summary_table
+    from ulm import summary
 
-    summary_table(args.metrics, args.output)
+    summary.summary_table(args.metrics, args.output)
+    if args.dice_plot:
+        summary.plot_dice_vs_concentration(args.metrics, args.dice_plot)
+    if args.ablation:
+        summary.ablation_table(args.metrics, args.ablation)
+    if args.tradeoff_plot:
+        summary.plot_tradeoff(args.tradeoff, args.tradeoff_plot)
 
 
 STAGES = {
@@ -238,6 +244,10 @@ def parser() -> argparse.ArgumentParser:
             p.add_argument("--label", default="", help="a name for this run in the summary (e.g. 2d/c10)")
         if name == "summary":
             p.add_argument("metrics", type=Path, nargs="+", help="metrics.json files")
+            p.add_argument("--dice-plot", type=Path, help="also plot Dice against concentration per method here (PNG)")
+            p.add_argument("--ablation", type=Path, help="also write the ablation table here (CSV)")
+            p.add_argument("--tradeoff", type=Path, nargs="+", default=[], help="sparse-<method>.csv trade-off tables")
+            p.add_argument("--tradeoff-plot", type=Path, help="plot the --tradeoff tables here (PNG)")
         if name in ("train", "infer"):
             p.add_argument("--iq", type=Path, help="iq.zarr the sparse store was made from (needed by the dense baseline)")
         if name == "forward":
@@ -255,7 +265,8 @@ def main(argv: list[str] | None = None) -> int:
     func = STAGES[args.stage][0]
     try:
         cfg = load_config(args.config, args.overrides)
-        with all_or_nothing(args.output, getattr(args, "plot", None), getattr(args, "csv", None)):
+        extra = [getattr(args, name, None) for name in ("plot", "csv", "dice_plot", "ablation", "tradeoff_plot")]
+        with all_or_nothing(args.output, *extra):
             func(args, cfg)
     except UlmError as exc:
         print(f"ulm {args.stage}: error: {' '.join(str(exc).split())}", file=sys.stderr)  # always one line

@@ -80,6 +80,33 @@ def validate_config(cfg: dict) -> dict:
     return out
 
 
+def _same_graph_file(a: str, b: str) -> bool:
+    """Whether two graph sources name the same file (``synthetic`` never does: each split has its seed)."""
+    if "synthetic" in (a, b):
+        return False
+    if a.startswith("bundled:") or b.startswith("bundled:"):
+        return a == b
+    return Path(a).resolve() == Path(b).resolve()
+
+
+def _boxes_overlap(a: list[float], b: list[float]) -> bool:
+    """Whether two [x0, x1, y0, y1, z0, z1] boxes share a volume."""
+    return all(max(a[i], b[i]) < min(a[i + 1], b[i + 1]) for i in (0, 2, 4))
+
+
+def check_disjoint_test_graph(graph: dict) -> None:
+    """Training and test data must come from disjoint vascular graphs or disjoint regions of one graph
+    (no leakage of test vessels into training)."""
+    if not _same_graph_file(graph["source"], graph["test_source"]):
+        return
+    crop, test_crop = graph["crop_um"], graph["test_crop_um"]
+    if crop is None or test_crop is None or _boxes_overlap(crop, test_crop):
+        raise UlmError(
+            f"config key graph.test_source: {graph['test_source']!r} is also the training graph; give graph.crop_um and"
+            " graph.test_crop_um as disjoint boxes, or another test graph, so that test vessels never reach training"
+        )
+
+
 def parse_override(item: str) -> tuple[list[str], Any]:
     """Parse ``section.key=value`` (value in YAML) into a key path and a value."""
     key, sep, value = item.partition("=")

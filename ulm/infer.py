@@ -45,9 +45,10 @@ def predict(checkpoint: str | Path, sparse_path: str | Path, out_path: str | Pat
     data = SparseBlocks(sparse_path)
     if len(data.block_shape) - 1 != spec.dims:
         raise UlmError(f"{sparse_path}: {len(data.block_shape) - 1}D blocks, but the checkpoint is a {spec.dims}D network")
-    if tuple(data.block_shape) != tuple(ckpt["block_shape"]):
+    if data.block_shape[0] != ckpt["block_shape"][0]:  # fully convolutional in space, but the time pooling is fixed
         raise UlmError(
-            f"{sparse_path}: blocks of {data.block_shape}, but the network was trained on {tuple(ckpt['block_shape'])}"
+            f"{sparse_path}: blocks of {data.block_shape[0]} frames, but the network was trained on {ckpt['block_shape'][0]}"
+            " (sparse.block_frames must match)"
         )
     padded = spec.pad_shape(data.block_shape)
     fine_block = np.array(data.block_shape[1:]) * spec.factor

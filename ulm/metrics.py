@@ -281,33 +281,3 @@ def compute_metrics(tracks_path: str | Path, cfg: dict, loc_path: str | Path | N
             summary = frc_summary(halves[0][0], halves[1][0], halves[0][1].spacing_um, mcfg["frc_threshold"])
             out.setdefault("frc", {})[f"{CONVENTIONAL}_halves"] = {**summary, "split": mcfg["frc_split"]}
     return out
-
-
-def summary_table(metrics_paths: list[str | Path], out_csv: str | Path) -> list[dict]:
-    """One CSV row per (run, method) of several ``metrics.json``: Dice, FRC resolution and, for the
-    conventional method, precision / recall / Jaccard / RMSE."""
-    import csv
-    import json
-
-    from ulm.store import atomic_path
-
-    rows = []
-    for path in metrics_paths:
-        path = Path(path)
-        if not path.is_file():
-            raise UlmError(f"metrics file {path}: not found")
-        m = json.loads(path.read_text())
-        loc = m.get("localization", {})
-        for method, value in sorted(m.get("dice", {}).items()):
-            frc = m.get("frc", {}).get(f"{method}_vs_{m['reference']}", {})
-            row = {"run": m.get("label") or str(path.parent), "method": method, "dice": value,
-                   "frc_resolution_um": frc.get("resolution_um")}  # fmt: skip
-            if method == "conventional":
-                row.update({k: loc.get(k) for k in ("precision", "recall", "jaccard", "rmse_um")})
-            rows.append(row)
-    fields = ["run", "method", "dice", "frc_resolution_um", "precision", "recall", "jaccard", "rmse_um"]
-    with atomic_path(out_csv) as tmp, open(tmp, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(rows)
-    return rows

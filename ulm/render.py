@@ -38,7 +38,6 @@ from ulm.conventional import interpolate_tracks  # noqa: E402
 from ulm.errors import UlmError  # noqa: E402
 from ulm.imaging import continuous_index, fine_grid, in_slab, slab_of  # noqa: E402
 from ulm.plots import _save  # noqa: E402
-from ulm.sparse import held_out_start
 from ulm.store import CooStore, Localizations, TracksReader, read_iq, read_localizations, write_density  # noqa: E402
 from ulm.targets import rasterize, segments  # noqa: E402
 
@@ -362,21 +361,19 @@ def render_all(tracks_path: PathLike, iq_path: PathLike, out_dir: PathLike, cfg:
     """
     out_dir = Path(out_dir)
     factor, frames, rcfg = cfg["sparse"]["factor"], cfg["sparse"]["block_frames"], cfg["render"]
-    n_frames = read_iq(iq_path).iq.shape[0]
-    first = held_out_start(n_frames, frames, cfg["train"]["val_fraction"]) if rcfg["held_out_only"] else 0
-    gt, grid = density_from_tracks(tracks_path, iq_path, factor, frames, progress, first_frame=first)
+    gt, grid = density_from_tracks(tracks_path, iq_path, factor, frames, progress)
     maps = {GROUND_TRUTH: gt}
     if loc_path is not None:
         interp = cfg["conventional"]["interp_factor"]
         maps[CONVENTIONAL] = density_from_localizations(loc_path, factor, frames, rcfg["mode"], rcfg["include_untracked"], interp,
-                                                        progress=progress, first_frame=first)[0]  # fmt: skip
+                                                        progress=progress)[0]  # fmt: skip
     preds = {NETWORK: pred_path} if isinstance(pred_path, PathLike) else dict(pred_path or {})
     for name, path in preds.items():  # one map per network (e.g. network-sparse, network-dense)
-        maps[name] = density_from_coo(path, "pred", shape=grid.shape, progress=progress, first_frame=first)[0]
+        maps[name] = density_from_coo(path, "pred", shape=grid.shape, progress=progress)[0]
     written = {}
     for name, density in maps.items():
         written[name] = out_dir / f"{name}.zarr"
-        write_density(written[name], density, {**grid.attrs(name), "block_frames": frames, "first_frame": first, "render": rcfg})
+        write_density(written[name], density, {**grid.attrs(name), "block_frames": frames, "render": rcfg})
         caption = POINTS if rcfg["mode"] == "points" and name == CONVENTIONAL else PASSAGES
         plot_density(density, grid.origin_um, grid.spacing_um, out_dir / f"{name}.png", rcfg, name.replace("_", " "), caption)
     caption = POINTS if rcfg["mode"] == "points" and CONVENTIONAL in maps else PASSAGES

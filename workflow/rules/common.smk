@@ -3,6 +3,7 @@ import json
 import sys
 from pathlib import Path
 
+from ulm.config import derive_seed
 from ulm.vascular import resolve_source
 
 RUN = config["run"]
@@ -20,11 +21,12 @@ def _conda_enabled():
 
 
 # Under --use-conda the rule's env provides python; otherwise the interpreter running snakemake.
-ULM = (
-    f'PYTHONPATH="{workflow.basedir}${{PYTHONPATH:+:$PYTHONPATH}}" python -m ulm'
+PYTHON = (
+    f'PYTHONPATH="{workflow.basedir}${{PYTHONPATH:+:$PYTHONPATH}}" python'
     if _conda_enabled()
-    else f'"{sys.executable}" -m ulm'
+    else f'"{sys.executable}"'
 )
+ULM = f"{PYTHON} -m ulm"
 
 
 def code(*modules):
@@ -47,22 +49,57 @@ def section(name, drop=(), keep=None):
     return json.dumps(part, sort_keys=True)
 
 
-def graph_source_file():
+SPLITS = ("train", "test")  # networks train on `train`; every method is scored on `test` (another graph or region)
+METHOD = config["sparse"]["methods"][0]  # the networks train on the first sparsification method
+TOP_C = max(config["concentrations"])  # the ablation grid runs at the highest concentration
+VARIANTS = ["full"] + list(config["train"]["ablations"])
+
+
+def graph_source(split):
+    return config["graph"]["source" if split == "train" else "test_source"]
+
+
+def graph_source_file(split):
     """The graph file the `graph` rule reads (nothing for a synthetic graph)."""
-    source = resolve_source(config["graph"]["source"])
+    source = resolve_source(graph_source(split))
     return [] if source == "synthetic" else str(source)
 
 
-def graph_seed():
+def split_seed(split):
+    """The master seed of a split: the test data never share random draws with the training data."""
+    return config["seed"] if split == "train" else derive_seed(config["seed"], "test split")
+
+
+def graph_seed(split):
     """Only a synthetic graph depends on the seed (a file source ignores it, so it does not rerun)."""
-    return config["seed"] if config["graph"]["source"] == "synthetic" else 0
+    return split_seed(split) if graph_source(split) == "synthetic" else 0
+
+
+def graph_section(split):
+    """The `graph` section as one split sees it: its own crop box, no source keys (those are a param)."""
+    graph = {k: v for k, v in config["graph"].items() if k not in ("source", "test_source", "crop_um", "test_crop_um")}
+    graph["crop_um"] = config["graph"]["crop_um" if split == "train" else "test_crop_um"]
+    return json.dumps(graph, sort_keys=True)
+
+
+def net_dirs(dims, c, split="test"):
+    """Map name -> network folder of every network scored at (dims, c): each model, and the ablations
+    of the sparse one at the highest concentration (map names must not start or end with a store
+    kind such as sparse: check_stores.py reads kinds from names)."""
+    base = f"{RESULTS}/{split}/{dims}d/c{c}"
+    nets = {f"network_{m}_cnn": f"{base}/net-{m}-{METHOD}-full" for m in config["train"]["models"]}
+    if int(c) == TOP_C:
+        nets.update({f"network_sparse_{v}_cnn": f"{base}/net-sparse-{METHOD}-{v}" for v in VARIANTS[1:]})
+    return nets
 
 
 def all_outputs():
-    ground_truth = expand(f"{RESULTS}/c{{c}}/{{name}}", c=config["concentrations"], name=["tracks.zarr", "tracks.png"])
-    per_run = ["iq.zarr", "iq.png", "target.zarr"] + [f"sparse-{m}.{ext}" for m in config["sparse"]["methods"] for ext in ("zarr", "png")]
-    imaging = expand(f"{RESULTS}/{{d}}d/c{{c}}/{{name}}", d=config["dims"], c=config["concentrations"], name=per_run)
-    nets = [f"net-{m}-{config['sparse']['methods'][0]}/pred.zarr" for m in config["train"]["models"]]
-    networks = expand(f"{RESULTS}/{{d}}d/c{{c}}/{{name}}", d=config["dims"], c=config["concentrations"], name=nets)
-    evaluation = expand(f"{RESULTS}/{{d}}d/c{{c}}/comparison.png", d=config["dims"], c=config["concentrations"])
-    return [f"{RESULTS}/flow.png", *ground_truth, *imaging, *networks, *evaluation, f"{RESULTS}/metrics.csv"]
+    ground_truth = expand(f"{RESULTS}/{{s}}/{{name}}", s=SPLITS, name=["flow.png"])
+    ground_truth += expand(f"{RESULTS}/{{s}}/c{{c}}/{{name}}", s=SPLITS, c=config["concentrations"], name=["tracks.zarr", "tracks.png"])
+    per_run = ["iq.zarr", "iq.png"] + [f"sparse-{m}.{ext}" for m in config["sparse"]["methods"] for ext in ("zarr", "png")]
+    imaging = expand(f"{RESULTS}/{{s}}/{{d}}d/c{{c}}/{{name}}", s=SPLITS, d=config["dims"], c=config["concentrations"], name=per_run)
+    preds = [f"{net}/pred.zarr" for d in config["dims"] for c in config["concentrations"] for net in net_dirs(d, c).values()]
+    evaluation = expand(f"{RESULTS}/test/{{d}}d/c{{c}}/comparison.png", d=config["dims"], c=config["concentrations"])
+    summary = [f"{RESULTS}/{name}" for name in ("metrics.csv", "dice.png", "ablation.csv", "tradeoff.png")]
+    summary += [f"{RESULTS}/memory/memory.png"] if config["memory"]["enabled"] else []
+    return [*ground_truth, *imaging, *preds, *evaluation, *summary]

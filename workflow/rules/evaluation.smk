@@ -1,9 +1,12 @@
-# Evaluation: conventional ULM, density maps of every method, metrics, and one summary table.
+# Evaluation on the test split: conventional ULM, density maps of every method, metrics, and the
+# summary tables and figures of the whole grid.
 
-RUN_DIR = f"{RESULTS}/{{dims}}d/c{{c}}"
-# every network of the grid, trained on the first sparsification method, is drawn and scored
-# (map names must not start or end with a store kind such as sparse: check_stores.py reads kinds from names)
-EVAL_NETS = {f"network_{m}_cnn": f"{RUN_DIR}/net-{m}-{config['sparse']['methods'][0]}/pred.zarr" for m in config["train"]["models"]}
+RUN_DIR = f"{RESULTS}/test/{{dims}}d/c{{c}}"
+
+
+def eval_preds(w):
+    """Map name -> pred.zarr of every network scored at this (dims, c) (see net_dirs)."""
+    return {name: f"{net}/pred.zarr" for name, net in net_dirs(w.dims, w.c).items()}
 
 
 rule conventional:
@@ -18,7 +21,7 @@ rule conventional:
         dims="[23]",
         c=r"\d+",
     log:
-        f"{LOGS}/{{dims}}d/c{{c}}/conventional.log",
+        f"{LOGS}/test/{{dims}}d/c{{c}}/conventional.log",
     conda:
         "../../envs/simulation.yaml"
     resources:
@@ -30,10 +33,10 @@ rule conventional:
 
 rule render:
     input:
-        tracks=f"{RESULTS}/c{{c}}/tracks.zarr",
+        tracks=f"{RESULTS}/test/c{{c}}/tracks.zarr",
         iq=f"{RUN_DIR}/iq.zarr",
         localizations=f"{RUN_DIR}/localizations.zarr",
-        **EVAL_NETS,
+        preds=lambda w: list(eval_preds(w).values()),
     output:
         density=directory(f"{RUN_DIR}/density"),
         comparison=report(f"{RUN_DIR}/comparison.png", caption="../report/comparison.rst", category="Density maps",
@@ -43,13 +46,12 @@ rule render:
         render=section("render"),
         sparse=section("sparse", keep=("block_frames", "factor")),
         conventional=section("conventional", keep=("interp_factor",)),
-        val_fraction=config["train"]["val_fraction"],
-        preds=lambda w, input: " ".join(f"--pred {name}={input[name]}" for name in EVAL_NETS),
+        preds=lambda w: " ".join(f"--pred {name}={path}" for name, path in eval_preds(w).items()),
     wildcard_constraints:
         dims="[23]",
         c=r"\d+",
     log:
-        f"{LOGS}/{{dims}}d/c{{c}}/render.log",
+        f"{LOGS}/test/{{dims}}d/c{{c}}/render.log",
     conda:
         "../../envs/simulation.yaml"
     resources:
@@ -57,13 +59,13 @@ rule render:
         runtime=30,
     shell:
         "{ULM} render --quiet --set render={params.render:q} --set sparse={params.sparse:q} --set conventional={params.conventional:q}"
-        " --set train.val_fraction={params.val_fraction} --localizations {input.localizations} {params.preds}"
+        " --localizations {input.localizations} {params.preds}"
         " {input.tracks} {input.iq} {output.density} > {log} 2>&1 && cp {output.density}/comparison.png {output.comparison}"
 
 
 rule metrics:
     input:
-        tracks=f"{RESULTS}/c{{c}}/tracks.zarr",
+        tracks=f"{RESULTS}/test/c{{c}}/tracks.zarr",
         density=f"{RUN_DIR}/density",
         localizations=f"{RUN_DIR}/localizations.zarr",
     output:
@@ -77,7 +79,7 @@ rule metrics:
         dims="[23]",
         c=r"\d+",
     log:
-        f"{LOGS}/{{dims}}d/c{{c}}/metrics.log",
+        f"{LOGS}/test/{{dims}}d/c{{c}}/metrics.log",
     conda:
         "../../envs/simulation.yaml"
     shell:
@@ -88,12 +90,44 @@ rule metrics:
 
 rule summary:
     input:
-        expand(f"{RESULTS}/{{dims}}d/c{{c}}/metrics.json", dims=config["dims"], c=config["concentrations"]),
+        metrics=expand(f"{RESULTS}/test/{{dims}}d/c{{c}}/metrics.json", dims=config["dims"], c=config["concentrations"]),
+        tradeoff=expand(f"{RESULTS}/test/{{dims}}d/c{{c}}/sparse-{{m}}.csv", dims=config["dims"], c=config["concentrations"],
+                        m=config["sparse"]["methods"]),  # fmt: skip
     output:
-        report(f"{RESULTS}/metrics.csv", caption="../report/metrics.rst", category="Metrics"),
+        table=report(f"{RESULTS}/metrics.csv", caption="../report/metrics.rst", category="Metrics"),
+        dice=report(f"{RESULTS}/dice.png", caption="../report/dice.rst", category="Metrics"),
+        ablation=report(f"{RESULTS}/ablation.csv", caption="../report/ablation.rst", category="Metrics"),
+        tradeoff=report(f"{RESULTS}/tradeoff.png", caption="../report/tradeoff.rst", category="Sparsification"),
+    params:
+        code=code("summary.py", "metrics.py"),
     log:
         f"{LOGS}/summary.log",
     conda:
         "../../envs/simulation.yaml"
     shell:
-        "{ULM} summary {input} {output} > {log} 2>&1"
+        "{ULM} summary --dice-plot {output.dice} --ablation {output.ablation} --tradeoff-plot {output.tradeoff}"
+        " --tradeoff {input.tradeoff} -- {input.metrics} {output.table} > {log} 2>&1"
+
+
+rule memory:
+    output:
+        table=report(f"{RESULTS}/memory/memory.csv", caption="../report/memory.rst", category="Memory"),
+        plot=report(f"{RESULTS}/memory/memory.png", caption="../report/memory.rst", category="Memory"),
+        summary=f"{RESULTS}/memory/memory.json",
+    params:
+        code=code("nn"),
+        bench=workflow.source_path("../../benchmarks/memory.py"),
+        dims=" ".join(map(str, config["dims"])),
+        kernel=config["memory"]["kernel"],
+        quick="--quick --no-rss-check" if config["memory"]["quick"] else "",
+    log:
+        f"{LOGS}/memory.log",
+    conda:
+        "../../envs/nn.yaml"
+    threads: 2
+    resources:
+        mem_mb=4000 if config["memory"]["quick"] else 16000,
+        runtime=60,
+    shell:
+        "{PYTHON} {params.bench:q} {params.quick} --dims {params.dims} --kernel {params.kernel} --threads {threads}"
+        " --out {RESULTS}/memory > {log} 2>&1"

@@ -1,22 +1,28 @@
-# Imaging: ground-truth tracks -> beamformed IQ (2D linear array or 3D matrix array).
+# Imaging, for each split: ground-truth tracks -> beamformed IQ (2D linear array or 3D matrix array).
+
+RUN_OF_SPLIT = f"{RESULTS}/{{split}}/{{dims}}d/c{{c}}"
+# how the frames are computed (local threads or an existing dask cluster) does not change them: not params
+SCHEDULER = config["forward"]["dask_scheduler"]
+ON_CLUSTER = f"--set forward.dask_scheduler={SCHEDULER}" if SCHEDULER else ""
 
 
 rule forward:
     input:
-        f"{RESULTS}/c{{c}}/tracks.zarr",
+        f"{RESULTS}/{{split}}/c{{c}}/tracks.zarr",
     output:
-        store=directory(f"{RESULTS}/{{dims}}d/c{{c}}/iq.zarr"),
-        plot=report(f"{RESULTS}/{{dims}}d/c{{c}}/iq.png", caption="../report/iq.rst", category="Imaging"),
+        store=directory(f"{RUN_OF_SPLIT}/iq.zarr"),
+        plot=report(f"{RUN_OF_SPLIT}/iq.png", caption="../report/iq.rst", category="Imaging", subcategory="{split}"),
     params:
         code=code("forward", "imaging.py"),
         forward=section("forward", drop=("workers", "dask_scheduler")),
         probe=section("probe"),
-        seed=config["seed"],
+        seed=lambda w: split_seed(w.split),
     wildcard_constraints:
+        split="train|test",
         dims="[23]",
         c=r"\d+",
     log:
-        f"{LOGS}/{{dims}}d/c{{c}}/forward.log",
+        f"{LOGS}/{{split}}/{{dims}}d/c{{c}}/forward.log",
     conda:
         "../../envs/simulation.yaml"
     threads: config["forward"]["workers"]
@@ -25,4 +31,5 @@ rule forward:
         runtime=60,
     shell:
         "{ULM} forward --quiet --dims {wildcards.dims} --set seed={params.seed} --set forward={params.forward:q}"
+        " --set forward.workers={threads} {ON_CLUSTER}"
         " --set probe={params.probe:q} --plot {output.plot} {input} {output.store} > {log} 2>&1"

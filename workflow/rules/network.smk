@@ -1,34 +1,41 @@
-# The super-resolution network: train on the sparse store + targets, then predict every block.
+# The super-resolution networks: train on the training split (sparse store + targets), then predict
+# every block of the test split. Variants: full (the `train` section as given) and the ablations.
 
-NET = f"{RESULTS}/{{dims}}d/c{{c}}/net-{{model}}-{{method}}"
+NET = "{dims}d/c{c}/net-{model}-{method}-{variant}"
 DEVICE = config["train"]["device"]  # not a param: the device does not change the result
+ABLATION = {  # variant -> the one change it makes to the `train` section
+    "full": "",
+    "noprune": "--set train.prune=false",
+    "nodeepsup": "--set train.deep_supervision=false",
+    "cascaded": "--set train.cascaded=true",
+}
+NET_WILDCARDS = {"dims": "[23]", "c": r"\d+", "model": "sparse|dense", "method": "threshold|topk|learned",
+                 "variant": "|".join(ABLATION)}  # fmt: skip
 
 
 def train_params():
     """Train keys that change the model (device, workers, resume and the grid do not)."""
-    return section("train", drop=("models", "model", "device", "num_workers", "resume", "gpus"))
+    return section("train", drop=("models", "model", "device", "num_workers", "resume", "gpus", "ablations"))
 
 
 rule train:
     input:
-        sparse=f"{RESULTS}/{{dims}}d/c{{c}}/sparse-{{method}}.zarr",
-        target=f"{RESULTS}/{{dims}}d/c{{c}}/target.zarr",
-        iq=f"{RESULTS}/{{dims}}d/c{{c}}/iq.zarr",
+        sparse=f"{RESULTS}/train/{{dims}}d/c{{c}}/sparse-{{method}}.zarr",
+        target=f"{RESULTS}/train/{{dims}}d/c{{c}}/target.zarr",
+        iq=f"{RESULTS}/train/{{dims}}d/c{{c}}/iq.zarr",
     output:
-        model=f"{NET}/model.pt",
-        metrics=f"{NET}/metrics.csv",
-        plot=report(f"{NET}/train.png", caption="../report/train.rst", category="Network"),
+        model=f"{RESULTS}/train/{NET}/model.pt",
+        metrics=f"{RESULTS}/train/{NET}/metrics.csv",
+        plot=report(f"{RESULTS}/train/{NET}/train.png", caption="../report/train.rst", category="Network"),
     params:
         code=code("nn", "train.py", "dataset.py"),
         cfg=train_params(),
         seed=config["seed"],
+        ablation=lambda w: ABLATION[w.variant],
     wildcard_constraints:
-        dims="[23]",
-        c=r"\d+",
-        model="sparse|dense",
-        method="threshold|topk|learned",
+        **NET_WILDCARDS,
     log:
-        f"{LOGS}/{{dims}}d/c{{c}}/train-{{model}}-{{method}}.log",
+        f"{LOGS}/train/{NET}.log",
     conda:
         "../../envs/nn.yaml"
     threads: 2
@@ -38,25 +45,22 @@ rule train:
         gpu=config["train"]["gpus"],
     shell:
         "{ULM} train --quiet --set seed={params.seed} --set train={params.cfg:q} --set train.model={wildcards.model}"
-        " --set train.device={DEVICE} --iq {input.iq} {input.sparse} {input.target} {output.model} > {log} 2>&1"
+        " {params.ablation} --set train.device={DEVICE} --iq {input.iq} {input.sparse} {input.target} {output.model} > {log} 2>&1"
 
 
 rule infer:
     input:
-        model=f"{NET}/model.pt",
-        sparse=f"{RESULTS}/{{dims}}d/c{{c}}/sparse-{{method}}.zarr",
-        iq=f"{RESULTS}/{{dims}}d/c{{c}}/iq.zarr",
+        model=f"{RESULTS}/train/{NET}/model.pt",
+        sparse=f"{RESULTS}/test/{{dims}}d/c{{c}}/sparse-{{method}}.zarr",
+        iq=f"{RESULTS}/test/{{dims}}d/c{{c}}/iq.zarr",
     output:
-        directory(f"{NET}/pred.zarr"),
+        directory(f"{RESULTS}/test/{NET}/pred.zarr"),
     params:
         code=code("infer.py", "nn", "dataset.py"),
     wildcard_constraints:
-        dims="[23]",
-        c=r"\d+",
-        model="sparse|dense",
-        method="threshold|topk|learned",
+        **NET_WILDCARDS,
     log:
-        f"{LOGS}/{{dims}}d/c{{c}}/infer-{{model}}-{{method}}.log",
+        f"{LOGS}/test/{NET}-infer.log",
     conda:
         "../../envs/nn.yaml"
     threads: 2

@@ -1,18 +1,22 @@
-# Ground truth: vascular graph -> blood flow -> microbubble tracks.
+# Ground truth, for each split (train, test): vascular graph -> blood flow -> microbubble tracks.
+
+SPLIT = f"{RESULTS}/{{split}}"
 
 
 rule graph:
     input:
-        graph_source_file(),
+        lambda w: graph_source_file(w.split),
     output:
-        directory(f"{RESULTS}/graph.zarr"),
+        directory(f"{SPLIT}/graph.zarr"),
     params:
         code=code("vascular.py"),
-        cfg=section("graph"),
-        source=config["graph"]["source"],
-        seed=graph_seed(),
+        cfg=lambda w: graph_section(w.split),
+        source=lambda w: graph_source(w.split),
+        seed=lambda w: graph_seed(w.split),
+    wildcard_constraints:
+        split="train|test",
     log:
-        f"{LOGS}/graph.log",
+        f"{LOGS}/{{split}}/graph.log",
     conda:
         "../../envs/simulation.yaml"
     resources:
@@ -24,15 +28,17 @@ rule graph:
 
 rule flow:
     input:
-        f"{RESULTS}/graph.zarr",
+        f"{SPLIT}/graph.zarr",
     output:
-        store=directory(f"{RESULTS}/flow.zarr"),
-        plot=report(f"{RESULTS}/flow.png", caption="../report/flow.rst", category="Ground truth"),
+        store=directory(f"{SPLIT}/flow.zarr"),
+        plot=report(f"{SPLIT}/flow.png", caption="../report/flow.rst", category="Ground truth", subcategory="{split}"),
     params:
         code=code("flow.py"),
         cfg=section("flow"),
+    wildcard_constraints:
+        split="train|test",
     log:
-        f"{LOGS}/flow.log",
+        f"{LOGS}/{{split}}/flow.log",
     conda:
         "../../envs/simulation.yaml"
     resources:
@@ -44,19 +50,20 @@ rule flow:
 
 rule bubbles:
     input:
-        graph=f"{RESULTS}/graph.zarr",
-        flow=f"{RESULTS}/flow.zarr",
+        graph=f"{SPLIT}/graph.zarr",
+        flow=f"{SPLIT}/flow.zarr",
     output:
-        store=directory(f"{RESULTS}/c{{c}}/tracks.zarr"),
-        plot=report(f"{RESULTS}/c{{c}}/tracks.png", caption="../report/tracks.rst", category="Ground truth"),
+        store=directory(f"{SPLIT}/c{{c}}/tracks.zarr"),
+        plot=report(f"{SPLIT}/c{{c}}/tracks.png", caption="../report/tracks.rst", category="Ground truth", subcategory="{split}"),
     params:
         code=code("bubbles.py"),
         cfg=section("bubbles", drop=("concentration",)),
-        seed=config["seed"],
+        seed=lambda w: split_seed(w.split),
     wildcard_constraints:
+        split="train|test",
         c=r"\d+",
     log:
-        f"{LOGS}/c{{c}}/bubbles.log",
+        f"{LOGS}/{{split}}/c{{c}}/bubbles.log",
     conda:
         "../../envs/simulation.yaml"
     threads: 2

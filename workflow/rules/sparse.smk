@@ -1,4 +1,5 @@
-# Sparse conversion: beamformed IQ -> COO blocks for the sparse networks, and 8x ground-truth targets.
+# Sparse conversion, for each split: beamformed IQ -> COO blocks for the sparse networks; 8x ground-truth
+# targets and the learned mask come from the training split only.
 
 # keys that do not change a method's output (so changing them does not rerun it)
 LEARNED_KEYS = ("learned_threshold", "learned_epochs", "mask_checkpoint")
@@ -11,10 +12,10 @@ SPARSIFY_IGNORES = {
 
 rule mask:
     input:
-        iq=f"{RESULTS}/{{dims}}d/c{{c}}/iq.zarr",
-        tracks=f"{RESULTS}/c{{c}}/tracks.zarr",
+        iq=f"{RESULTS}/train/{{dims}}d/c{{c}}/iq.zarr",
+        tracks=f"{RESULTS}/train/c{{c}}/tracks.zarr",
     output:
-        f"{RESULTS}/{{dims}}d/c{{c}}/mask.pt",
+        f"{RESULTS}/train/{{dims}}d/c{{c}}/mask.pt",
     params:
         code=code("mask.py"),
         cfg=section("sparse", keep=("block_frames", "learned_epochs")),
@@ -24,7 +25,7 @@ rule mask:
         dims="[23]",
         c=r"\d+",
     log:
-        f"{LOGS}/{{dims}}d/c{{c}}/mask.log",
+        f"{LOGS}/train/{{dims}}d/c{{c}}/mask.log",
     conda:
         "../../envs/nn.yaml"
     resources:
@@ -37,23 +38,25 @@ rule mask:
 
 rule sparsify:
     input:
-        iq=f"{RESULTS}/{{dims}}d/c{{c}}/iq.zarr",
-        tracks=f"{RESULTS}/c{{c}}/tracks.zarr",
-        mask=lambda w: f"{RESULTS}/{w.dims}d/c{w.c}/mask.pt" if w.method == "learned" else [],
+        iq=f"{RUN_OF_SPLIT}/iq.zarr",
+        tracks=f"{RESULTS}/{{split}}/c{{c}}/tracks.zarr",
+        mask=lambda w: f"{RESULTS}/train/{w.dims}d/c{w.c}/mask.pt" if w.method == "learned" else [],
     output:
-        store=directory(f"{RESULTS}/{{dims}}d/c{{c}}/sparse-{{method}}.zarr"),
-        csv=f"{RESULTS}/{{dims}}d/c{{c}}/sparse-{{method}}.csv",
-        plot=report(f"{RESULTS}/{{dims}}d/c{{c}}/sparse-{{method}}.png", caption="../report/sparse.rst", category="Sparsification"),
+        store=directory(f"{RUN_OF_SPLIT}/sparse-{{method}}.zarr"),
+        csv=f"{RUN_OF_SPLIT}/sparse-{{method}}.csv",
+        plot=report(f"{RUN_OF_SPLIT}/sparse-{{method}}.png", caption="../report/sparse.rst", category="Sparsification",
+                    subcategory="{split}"),  # fmt: skip
     params:
         code=code("sparse.py", "imaging.py"),
         cfg=lambda w: section("sparse", drop=SPARSIFY_IGNORES[w.method]),
         mask=lambda w, input: f"--set sparse.mask_checkpoint={input.mask}" if w.method == "learned" else "",
     wildcard_constraints:
+        split="train|test",
         dims="[23]",
         c=r"\d+",
         method="threshold|topk|learned",
     log:
-        f"{LOGS}/{{dims}}d/c{{c}}/sparsify-{{method}}.log",
+        f"{LOGS}/{{split}}/{{dims}}d/c{{c}}/sparsify-{{method}}.log",
     conda:
         "../../envs/nn.yaml"
     threads: config["sparse"]["workers"]
@@ -67,10 +70,10 @@ rule sparsify:
 
 rule targets:
     input:
-        tracks=f"{RESULTS}/c{{c}}/tracks.zarr",
-        iq=f"{RESULTS}/{{dims}}d/c{{c}}/iq.zarr",
+        tracks=f"{RESULTS}/train/c{{c}}/tracks.zarr",
+        iq=f"{RESULTS}/train/{{dims}}d/c{{c}}/iq.zarr",
     output:
-        directory(f"{RESULTS}/{{dims}}d/c{{c}}/target.zarr"),
+        directory(f"{RESULTS}/train/{{dims}}d/c{{c}}/target.zarr"),
     params:
         code=code("targets.py", "sparse.py", "imaging.py"),
         cfg=section("sparse", keep=("block_frames", "tile_px", "tile_overlap_px", "factor")),
@@ -78,7 +81,7 @@ rule targets:
         dims="[23]",
         c=r"\d+",
     log:
-        f"{LOGS}/{{dims}}d/c{{c}}/targets.log",
+        f"{LOGS}/train/{{dims}}d/c{{c}}/targets.log",
     conda:
         "../../envs/nn.yaml"
     resources:

@@ -1,0 +1,77 @@
+"""The presets: the tiny one runs the whole experiment grid for real, the paper ones list theirs."""
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def snakemake(workdir: Path, *args: str, timeout: int = 1800) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--directory", str(workdir)]
+    cmd += ["--configfile", str(ROOT / "config.yaml"), "--cores", "2", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+
+
+def job_counts(result: subprocess.CompletedProcess) -> dict[str, int]:
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    stats = (result.stdout + result.stderr).split("Job stats:", 1)[1].split("\n\n", 1)[0]
+    rows = [line.split() for line in stats.splitlines()[2:]]
+    return {row[0]: int(row[1]) for row in rows if len(row) == 2 and row[0] != "total"}
+
+
+@pytest.mark.parametrize(
+    ("preset", "expected"),
+    [
+        # 4 concentrations x (sparse + dense) + 3 ablations; 3 methods x 2 splits x 4 concentrations
+        ("paper-2d", {"train": 11, "infer": 11, "sparsify": 24, "mask": 4, "forward": 8, "conventional": 4, "memory": 1}),
+        # 3 concentrations x sparse + 3 ablations; 3 methods x 2 splits x 3 concentrations
+        ("paper-3d", {"train": 6, "infer": 6, "sparsify": 18, "mask": 3, "forward": 6, "conventional": 3, "memory": 1}),
+    ],
+)
+def test_paper_presets_list_their_whole_grid(tmp_path, preset, expected):
+    counts = job_counts(snakemake(tmp_path, "-n", "--config", f"preset={preset}"))
+    assert {rule: counts.get(rule) for rule in expected} == expected
+    assert counts["summary"] == 1
+
+
+def test_unknown_preset_is_one_clear_error(tmp_path):
+    result = snakemake(tmp_path, "-n", "--config", "preset=paper-4d")
+    assert result.returncode != 0
+    assert "config key preset: unknown preset 'paper-4d'; available: ['paper-2d', 'paper-3d', 'tiny']" in result.stderr
+    assert not (tmp_path / "results").exists()
+
+
+def read_csv(path: Path) -> list[dict]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+@pytest.mark.slow
+def test_tiny_preset_runs_the_whole_grid_and_its_report(tmp_path):
+    result = snakemake(tmp_path, "--config", "preset=tiny")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    out = tmp_path / "results" / "tiny"
+    metrics = read_csv(out / "metrics.csv")
+    runs = {row["run"] for row in metrics}
+    assert runs == {"2d/c2", "2d/c20", "3d/c2", "3d/c20"}
+    for run in runs:
+        methods = {row["method"] for row in metrics if row["run"] == run}
+        assert {"conventional", "network_sparse_cnn", "network_dense_cnn"} <= methods, run
+        assert all(0.0 <= float(row["dice"]) <= 1.0 for row in metrics if row["run"] == run)
+    ablation = read_csv(out / "ablation.csv")
+    for dims in ("2", "3"):
+        variants = {row["variant"] for row in ablation if row["dims"] == dims and row["concentration"] == "20"}
+        assert variants == {"full", "noprune", "nodeepsup", "cascaded", "conventional"}, dims
+    for name in ("dice.png", "tradeoff.png", "memory/memory.csv", "memory/memory.png"):
+        assert (out / name).stat().st_size > 0, name
+    for method in ("threshold", "topk", "learned"):
+        assert (out / "test" / "3d" / "c20" / f"sparse-{method}.zarr").is_dir()
+    report = snakemake(tmp_path, "--config", "preset=tiny", "--report", str(tmp_path / "report.html"))
+    assert report.returncode == 0, report.stderr[-2000:]
+    html = (tmp_path / "report.html").read_text(errors="replace")
+    for name in ("dice.png", "ablation.csv", "tradeoff.png", "memory.png", "comparison.png"):
+        assert name in html, name

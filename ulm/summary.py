@@ -1,0 +1,169 @@
+"""The tables and figures of a whole experiment grid, from the per-run ``metrics.json`` files (stage
+`ulm summary`): the metrics table, Dice against concentration per method, the ablation table and the
+sparsification trade-off curves of every method.
+
+Runs are labelled ``<dims>d/c<concentration>`` (``ulm metrics --label``). Network maps are named
+``network_<model>_cnn`` (the full training) and ``network_sparse_<ablation>_cnn`` (one change each,
+see ``train.ablations``).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from ulm.errors import UlmError  # noqa: E402
+from ulm.plots import _save  # noqa: E402
+from ulm.store import atomic_path  # noqa: E402
+
+ABLATION_CHANGE = {
+    "full": "as configured",
+    "noprune": "train.prune = false",
+    "nodeepsup": "train.deep_supervision = false",
+    "cascaded": "train.cascaded = true",
+}
+_ABLATION_NAME = re.compile(r"^network_sparse_(\w+?)_cnn$")
+_LABEL = re.compile(r"^([23])d/c(\d+)$")
+
+
+def read_metrics(paths: list[str | Path]) -> list[dict]:
+    """The ``metrics.json`` files, each with its ``dims`` and ``concentration`` parsed from its label."""
+    runs = []
+    for path in map(Path, paths):
+        if not path.is_file():
+            raise UlmError(f"metrics file {path}: not found")
+        m = json.loads(path.read_text())
+        label = m.get("label") or str(path.parent)
+        match = _LABEL.match(label)
+        dims, conc = (int(match[1]), int(match[2])) if match else (None, None)
+        runs.append({**m, "label": label, "dims": dims, "concentration": conc})
+    return runs
+
+
+def _write_csv(rows: list[dict], fields: list[str], out_csv: str | Path) -> None:
+    with atomic_path(out_csv) as tmp, open(tmp, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def summary_table(metrics_paths: list[str | Path], out_csv: str | Path) -> list[dict]:
+    """One CSV row per (run, method): Dice, FRC resolution and, for the conventional method,
+    precision / recall / Jaccard / RMSE (um)."""
+    rows = []
+    for m in read_metrics(metrics_paths):
+        loc = m.get("localization", {})
+        for method, value in sorted(m.get("dice", {}).items()):
+            frc = m.get("frc", {}).get(f"{method}_vs_{m['reference']}", {})
+            row = {"run": m["label"], "method": method, "dice": value, "frc_resolution_um": frc.get("resolution_um")}
+            if method == "conventional":
+                row.update({k: loc.get(k) for k in ("precision", "recall", "jaccard", "rmse_um")})
+            rows.append(row)
+    _write_csv(rows, ["run", "method", "dice", "frc_resolution_um", "precision", "recall", "jaccard", "rmse_um"], out_csv)
+    return rows
+
+
+def _is_ablation(method: str) -> bool:
+    match = _ABLATION_NAME.match(method)
+    return bool(match) and match[1] in ABLATION_CHANGE
+
+
+def ablation_table(metrics_paths: list[str | Path], out_csv: str | Path) -> list[dict]:
+    """Dice of the sparse network's ablations at each run that has them (the highest concentration),
+    next to the full training and conventional ULM. Columns: dims, concentration, variant, change,
+    dice, dice_minus_full."""
+    rows = []
+    for m in read_metrics(metrics_paths):
+        dice = m.get("dice", {})
+        variants = {_ABLATION_NAME.match(k)[1]: v for k, v in dice.items() if _is_ablation(k)}
+        if not variants:
+            continue
+        full = dice.get("network_sparse_cnn")
+        variants = {"full": full, **variants} if full is not None else variants
+        for variant, value in variants.items():
+            delta = value - full if full is not None else None
+            rows.append({"dims": m["dims"], "concentration": m["concentration"], "variant": variant,
+                         "change": ABLATION_CHANGE[variant], "dice": value, "dice_minus_full": delta})  # fmt: skip
+        if "conventional" in dice:
+            rows.append({"dims": m["dims"], "concentration": m["concentration"], "variant": "conventional",
+                         "change": "conventional ULM", "dice": dice["conventional"], "dice_minus_full": None})  # fmt: skip
+    _write_csv(rows, ["dims", "concentration", "variant", "change", "dice", "dice_minus_full"], out_csv)
+    return rows
+
+
+def plot_dice_vs_concentration(metrics_paths: list[str | Path], path: str | Path) -> None:
+    """Dice against MB concentration, one line per method (ablations left to the ablation table),
+    one panel per dimensionality."""
+    runs = [m for m in read_metrics(metrics_paths) if m["dims"] is not None]
+    if not runs:
+        raise UlmError("summary: no metrics labelled <dims>d/c<concentration> to plot")
+    all_dims = sorted({m["dims"] for m in runs})
+    fig, axes = plt.subplots(1, len(all_dims), figsize=(5.2 * len(all_dims), 4.0), squeeze=False, layout="constrained")
+    for ax, dims in zip(axes[0], all_dims, strict=True):
+        per_method: dict[str, list[tuple[int, float]]] = {}
+        for m in runs:
+            if m["dims"] == dims:
+                for method, value in m.get("dice", {}).items():
+                    if not _is_ablation(method):
+                        per_method.setdefault(method, []).append((m["concentration"], value))
+        for method, points in sorted(per_method.items()):
+            points.sort()
+            ax.plot([p[0] for p in points], [p[1] for p in points], "o-", label=method.replace("_", " "))
+        ax.set(xlabel="MB concentration (MBs in the volume)", ylabel="Dice vs ground truth", title=f"{dims}D test data",
+               ylim=(0, 1))  # fmt: skip
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    _save(fig, path)
+
+
+def read_tradeoff(csv_paths: list[str | Path]) -> list[dict]:
+    """Rows of the ``sparse-<method>.csv`` trade-off tables, each with the run (dims, concentration)
+    parsed from its folder ``<dims>d/c<concentration>``."""
+    rows = []
+    for path in map(Path, csv_paths):
+        if not path.is_file():
+            raise UlmError(f"trade-off table {path}: not found")
+        dims, conc = path.parent.parent.name, path.parent.name
+        with open(path, newline="") as fh:
+            for row in csv.DictReader(fh):
+                rows.append({**row, "dims": dims, "concentration": conc})
+    return rows
+
+
+def plot_tradeoff(csv_paths: list[str | Path], path: str | Path) -> None:
+    """MB sites kept against fraction of sites kept, per sparsification method (colour) and
+    concentration (line style), one panel per dimensionality; the configured operating points are marked."""
+    rows = read_tradeoff(csv_paths)
+    if not rows:
+        raise UlmError("summary: the trade-off tables are empty")
+    all_dims = sorted({r["dims"] for r in rows})
+    methods = sorted({r["method"] for r in rows})
+    concentrations = sorted({r["concentration"] for r in rows}, key=lambda c: int(c.lstrip("c")))
+    colours = {m: f"C{i}" for i, m in enumerate(methods)}
+    styles = dict(zip(concentrations, ["-", "--", ":", "-."] * 4, strict=False))
+    fig, axes = plt.subplots(1, len(all_dims), figsize=(5.2 * len(all_dims), 4.0), squeeze=False, layout="constrained")
+    for ax, dims in zip(axes[0], all_dims, strict=True):
+        for method in methods:
+            for conc in concentrations:
+                curve = [r for r in rows if (r["dims"], r["method"], r["concentration"]) == (dims, method, conc)]
+                if not curve:
+                    continue
+                curve.sort(key=lambda r: float(r["kept_fraction"]))
+                x = [float(r["kept_fraction"]) for r in curve]
+                y = [float(r["mb_fraction"]) for r in curve]
+                ax.plot(x, y, styles[conc], color=colours[method], label=f"{method} {conc}")
+                chosen = [(a, b) for a, b, r in zip(x, y, curve, strict=True) if r["configured"] == "True"]
+                if chosen:
+                    ax.plot(*zip(*chosen, strict=True), "o", color=colours[method])
+        ax.set(xscale="log", xlabel="fraction of sites kept", ylabel="fraction of MB sites kept", ylim=(0, 1.02),
+               title=f"{dims.upper()} test data (dots: configured)")  # fmt: skip
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    _save(fig, path)
