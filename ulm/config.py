@@ -150,6 +150,15 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> di
     return validate_config(apply_overrides(cfg, list(overrides)))
 
 
+# the ablation grid (train.ablations): each variant's changes to the `train` section (pruning is trained
+# by the per-scale loss, so without deep supervision it goes too)
+ABLATIONS = {
+    "noprune": {"prune": False},
+    "nodeepsup": {"deep_supervision": False, "prune": False},
+    "cascaded": {"cascaded": True},
+}
+
+
 def derive_seed(seed: int, *labels: object) -> int:
     """A 63-bit seed derived deterministically from the master seed and labels (stage, wildcards)."""
     text = "/".join([str(seed), *map(str, labels)])

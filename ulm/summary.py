@@ -19,15 +19,14 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from ulm.config import ABLATIONS  # noqa: E402
 from ulm.errors import UlmError  # noqa: E402
 from ulm.plots import _save  # noqa: E402
 from ulm.store import atomic_path  # noqa: E402
 
-ABLATION_CHANGE = {
-    "full": "as configured",
-    "noprune": "train.prune = false",
-    "nodeepsup": "train.deep_supervision = false",
-    "cascaded": "train.cascaded = true",
+ABLATION_CHANGE = {"full": "as configured"} | {
+    variant: ", ".join(f"train.{key} = {str(value).lower()}" for key, value in changes.items())
+    for variant, changes in ABLATIONS.items()
 }
 _ABLATION_NAME = re.compile(r"^network_sparse_(\w+?)_cnn$")
 _LABEL = re.compile(r"^([23])d/c(\d+)$")

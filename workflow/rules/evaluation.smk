@@ -22,6 +22,8 @@ rule conventional:
         c=r"\d+",
     log:
         f"{LOGS}/test/{{dims}}d/c{{c}}/conventional.log",
+    benchmark:
+        f"{LOGS}/bench/conventional/test/{{dims}}d/c{{c}}/conventional.tsv",
     conda:
         "../../envs/simulation.yaml"
     resources:
@@ -52,6 +54,8 @@ rule render:
         c=r"\d+",
     log:
         f"{LOGS}/test/{{dims}}d/c{{c}}/render.log",
+    benchmark:
+        f"{LOGS}/bench/render/test/{{dims}}d/c{{c}}/render.tsv",
     conda:
         "../../envs/simulation.yaml"
     resources:
@@ -80,6 +84,8 @@ rule metrics:
         c=r"\d+",
     log:
         f"{LOGS}/test/{{dims}}d/c{{c}}/metrics.log",
+    benchmark:
+        f"{LOGS}/bench/metrics/test/{{dims}}d/c{{c}}/metrics.tsv",
     conda:
         "../../envs/simulation.yaml"
     shell:
@@ -102,6 +108,8 @@ rule summary:
         code=code("summary.py", "metrics.py"),
     log:
         f"{LOGS}/summary.log",
+    benchmark:
+        f"{LOGS}/bench/summary/summary.tsv",
     conda:
         "../../envs/simulation.yaml"
     shell:
@@ -122,6 +130,8 @@ rule memory:
         quick="--quick --no-rss-check" if config["memory"]["quick"] else "",
     log:
         f"{LOGS}/memory.log",
+    benchmark:
+        f"{LOGS}/bench/memory/memory.tsv",
     conda:
         "../../envs/nn.yaml"
     threads: 2

@@ -23,6 +23,8 @@ rule forward:
         c=r"\d+",
     log:
         f"{LOGS}/{{split}}/{{dims}}d/c{{c}}/forward.log",
+    benchmark:
+        f"{LOGS}/bench/forward/{{split}}/{{dims}}d/c{{c}}/forward.tsv",
     conda:
         "../../envs/simulation.yaml"
     threads: config["forward"]["workers"]

@@ -1,21 +1,19 @@
 # The super-resolution networks: train on the training split (sparse store + targets), then predict
 # every block of the test split. Variants: full (the `train` section as given) and the ablations.
 
+from ulm.config import ABLATIONS
+
 NET = "{dims}d/c{c}/net-{model}-{method}-{variant}"
 DEVICE = config["train"]["device"]  # not a param: the device does not change the result
-ABLATION = {  # variant -> the one change it makes to the `train` section
-    "full": "",
-    "noprune": "--set train.prune=false",
-    "nodeepsup": "--set train.deep_supervision=false",
-    "cascaded": "--set train.cascaded=true",
-}
+# variant -> its changes to the `train` section (full: as configured; the ablations: ulm.config.ABLATIONS)
+ABLATION = {"full": "", **{v: " ".join(f"--set train.{k}={json.dumps(x)}" for k, x in c.items()) for v, c in ABLATIONS.items()}}
 NET_WILDCARDS = {"dims": "[23]", "c": r"\d+", "model": "sparse|dense", "method": "threshold|topk|learned",
                  "variant": "|".join(ABLATION)}  # fmt: skip
 
 
 def train_params():
     """Train keys that change the model (device, workers, resume and the grid do not)."""
-    return section("train", drop=("models", "model", "device", "num_workers", "resume", "gpus", "ablations"))
+    return section("train", drop=("models", "model", "device", "num_workers", "threads", "resume", "gpus", "ablations"))
 
 
 rule train:
@@ -36,9 +34,11 @@ rule train:
         **NET_WILDCARDS,
     log:
         f"{LOGS}/train/{NET}.log",
+    benchmark:
+        f"{LOGS}/bench/train/train/{NET}.tsv",
     conda:
         "../../envs/nn.yaml"
-    threads: 2
+    threads: config["train"]["threads"]
     resources:
         mem_mb=16000,
         runtime=240,
@@ -61,9 +61,11 @@ rule infer:
         **NET_WILDCARDS,
     log:
         f"{LOGS}/test/{NET}-infer.log",
+    benchmark:
+        f"{LOGS}/bench/infer/test/{NET}-infer.tsv",
     conda:
         "../../envs/nn.yaml"
-    threads: 2
+    threads: config["train"]["threads"]
     resources:
         mem_mb=16000,
         runtime=60,

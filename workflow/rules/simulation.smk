@@ -17,6 +17,8 @@ rule graph:
         split="train|test",
     log:
         f"{LOGS}/{{split}}/graph.log",
+    benchmark:
+        f"{LOGS}/bench/graph/{{split}}/graph.tsv",
     conda:
         "../../envs/simulation.yaml"
     resources:
@@ -39,6 +41,8 @@ rule flow:
         split="train|test",
     log:
         f"{LOGS}/{{split}}/flow.log",
+    benchmark:
+        f"{LOGS}/bench/flow/{{split}}/flow.tsv",
     conda:
         "../../envs/simulation.yaml"
     resources:
@@ -64,6 +68,8 @@ rule bubbles:
         c=r"\d+",
     log:
         f"{LOGS}/{{split}}/c{{c}}/bubbles.log",
+    benchmark:
+        f"{LOGS}/bench/bubbles/{{split}}/c{{c}}/bubbles.tsv",
     conda:
         "../../envs/simulation.yaml"
     threads: 2

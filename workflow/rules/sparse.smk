@@ -26,6 +26,8 @@ rule mask:
         c=r"\d+",
     log:
         f"{LOGS}/train/{{dims}}d/c{{c}}/mask.log",
+    benchmark:
+        f"{LOGS}/bench/mask/train/{{dims}}d/c{{c}}/mask.tsv",
     conda:
         "../../envs/nn.yaml"
     resources:
@@ -57,6 +59,8 @@ rule sparsify:
         method="threshold|topk|learned",
     log:
         f"{LOGS}/{{split}}/{{dims}}d/c{{c}}/sparsify-{{method}}.log",
+    benchmark:
+        f"{LOGS}/bench/sparsify/{{split}}/{{dims}}d/c{{c}}/sparsify-{{method}}.tsv",
     conda:
         "../../envs/nn.yaml"
     threads: config["sparse"]["workers"]
@@ -82,6 +86,8 @@ rule targets:
         c=r"\d+",
     log:
         f"{LOGS}/train/{{dims}}d/c{{c}}/targets.log",
+    benchmark:
+        f"{LOGS}/bench/targets/train/{{dims}}d/c{{c}}/targets.tsv",
     conda:
         "../../envs/nn.yaml"
     resources:

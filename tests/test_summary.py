@@ -1,0 +1,65 @@
+"""The grid's tables and figures from per-run metrics.json files and trade-off tables."""
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from ulm.errors import UlmError
+from ulm.summary import ablation_table, plot_dice_vs_concentration, plot_tradeoff, summary_table
+
+
+def write_metrics(folder: Path, label: str, dice: dict) -> Path:
+    path = folder / label.replace("/", "_") / "metrics.json"
+    path.parent.mkdir(parents=True)
+    loc = {"precision": 0.9, "recall": 0.8, "jaccard": 0.7, "rmse_um": 5.0}
+    path.write_text(json.dumps({"label": label, "reference": "ground_truth", "dice": dice, "localization": loc}))
+    return path
+
+
+@pytest.fixture
+def grid(tmp_path) -> list[Path]:
+    low = {"conventional": 0.8, "network_sparse_cnn": 0.6}
+    high = {"conventional": 0.5, "network_sparse_cnn": 0.55}
+    high |= {"network_sparse_noprune_cnn": 0.52, "network_sparse_cascaded_cnn": 0.58}
+    return [write_metrics(tmp_path, "2d/c2", low), write_metrics(tmp_path, "2d/c20", high)]
+
+
+def read(path: Path) -> list[dict]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_summary_table_has_a_row_per_run_and_method(grid, tmp_path):
+    rows = summary_table(grid, tmp_path / "m.csv")
+    assert len(rows) == 6
+    table = read(tmp_path / "m.csv")
+    assert {(r["run"], r["method"]) for r in table} >= {("2d/c2", "conventional"), ("2d/c20", "network_sparse_cascaded_cnn")}
+    assert [r["recall"] for r in table if r["method"] == "conventional"] == ["0.8", "0.8"]
+
+
+def test_ablation_table_compares_each_variant_with_the_full_training(grid, tmp_path):
+    rows = ablation_table(grid, tmp_path / "a.csv")
+    by_variant = {r["variant"]: r for r in rows}
+    assert set(by_variant) == {"full", "noprune", "cascaded", "conventional"}  # only the run with ablations
+    assert by_variant["noprune"]["dice_minus_full"] == pytest.approx(-0.03)
+    assert by_variant["cascaded"]["change"] == "train.cascaded = true"
+    assert {r["concentration"] for r in rows} == {20}
+
+
+def test_figures_are_written_and_empty_input_is_one_clear_error(grid, tmp_path):
+    plot_dice_vs_concentration(grid, tmp_path / "dice.png")
+    assert (tmp_path / "dice.png").stat().st_size > 10_000
+    table = tmp_path / "2d" / "c2" / "sparse-threshold.csv"
+    table.parent.mkdir(parents=True)
+    rows = [("0.5", "0.01", "0.3"), ("0.1", "0.05", "0.9"), ("0.01", "0.2", "1.0")]
+    lines = ["method,parameter,kept_fraction,mb_fraction,configured"]
+    lines += [f"threshold,{p},{k},{m},{p == '0.1'}" for p, k, m in rows]
+    table.write_text("\n".join(lines) + "\n")
+    plot_tradeoff([table], tmp_path / "tradeoff.png")
+    assert (tmp_path / "tradeoff.png").stat().st_size > 10_000
+    with pytest.raises(UlmError, match="not found"):
+        plot_tradeoff([tmp_path / "missing.csv"], tmp_path / "t2.png")
+    with pytest.raises(UlmError, match="no metrics labelled"):
+        plot_dice_vs_concentration([write_metrics(tmp_path, "odd", {"conventional": 0.5})], tmp_path / "d2.png")
