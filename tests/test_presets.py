@@ -2,6 +2,7 @@
 
 import csv
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -20,8 +21,7 @@ def snakemake(workdir: Path, *args: str, timeout: int = 1800) -> subprocess.Comp
 def job_counts(result: subprocess.CompletedProcess) -> dict[str, int]:
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     stats = (result.stdout + result.stderr).split("Job stats:", 1)[1].split("\n\n", 1)[0]
-    rows = [line.split() for line in stats.splitlines()[2:]]
-    return {row[0]: int(row[1]) for row in rows if len(row) == 2 and row[0] != "total"}
+    return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)\s*$", stats, re.M) if m[1] != "total"}
 
 
 @pytest.mark.parametrize(
@@ -42,7 +42,8 @@ def test_paper_presets_list_their_whole_grid(tmp_path, preset, expected):
 def test_unknown_preset_is_one_clear_error(tmp_path):
     result = snakemake(tmp_path, "-n", "--config", "preset=paper-4d")
     assert result.returncode != 0
-    assert "config key preset: unknown preset 'paper-4d'; available: ['paper-2d', 'paper-3d', 'tiny']" in result.stderr
+    message = "config key preset: unknown preset 'paper-4d'; available: ['paper-2d', 'paper-3d', 'tiny']"
+    assert message in result.stdout + result.stderr
     assert not (tmp_path / "results").exists()
 
 

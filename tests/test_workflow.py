@@ -93,6 +93,7 @@ RERUN_CASES = [
     ({"concentrations": [3, 5]}, {**GROUND_TRUTH, "all": 1}),
     ({"forward": {"snr_db": 20.0}}, {**IMAGING, "all": 1}),
     ({"forward": {"workers": 1}}, {}),
+    ({"forward": {"dask_scheduler": "tcp://127.0.0.1:8786"}}, {}),  # where the frames are computed does not change them
     ({"probe": {"f_number": 1.5}}, {**IMAGING, "all": 1}),
     ({"dims": [2, 3]}, {**IMAGING, "all": 1}),
     ({"sparse": {"block_frames": 64, "tau": 0.2}}, {"sparsify": 2, **NETWORK, "all": 1}),
@@ -121,6 +122,14 @@ def test_rerun_cases_cover_every_config_section():
 def test_changing_a_parameter_reruns_only_its_stage_and_downstream(finished_run, workflow_copy, change, expected):
     config = {**SMALL, **change}
     assert planned_jobs(snakemake(finished_run, config, "-n", snakefile=workflow_copy / "Snakefile")) == expected
+
+
+def test_forward_jobs_attach_to_the_configured_dask_scheduler(tmp_path):
+    address = "tcp://10.0.0.7:8786"
+    result = snakemake(tmp_path, {**SMALL, "forward": {"dask_scheduler": address}}, "-n", "-p")
+    assert result.returncode == 0, result.stderr[-2000:]
+    commands = [line for line in result.stdout.splitlines() if " -m ulm forward " in line]
+    assert len(commands) == 2 and all(f"--set forward.dask_scheduler={address}" in c for c in commands)
 
 
 @pytest.mark.slow

@@ -82,12 +82,12 @@ def make_fine_grid(origin_um, spacing_um, shape: tuple[int, ...], factor: int) -
     return FineGrid(origin, spacing, tuple(int(factor * n) for n in shape), int(factor))
 
 
-def time_blocks(n_frames: int, block_frames: int, first_frame: int = 0) -> list[tuple[int, int]]:
-    """Frame ranges [t0, t1) of the blocks from ``first_frame`` on: full blocks only, like the sparse
-    tiling (one short block when the run is shorter than ``block_frames``)."""
+def time_blocks(n_frames: int, block_frames: int) -> list[tuple[int, int]]:
+    """Frame ranges [t0, t1) of the blocks: full blocks only, like the sparse tiling (one short block
+    when the run is shorter than ``block_frames``)."""
     if n_frames <= block_frames:
         return [(0, n_frames)]
-    return [(t0, t0 + block_frames) for t0 in range(0, n_frames - block_frames + 1, block_frames) if t0 >= first_frame]
+    return [(t0, t0 + block_frames) for t0 in range(0, n_frames - block_frames + 1, block_frames)]
 
 
 def _passages(starts: np.ndarray, ends: np.ndarray, grid: FineGrid) -> np.ndarray:
@@ -104,7 +104,7 @@ def _as_map(volume: np.ndarray, grid: FineGrid) -> np.ndarray:
 
 # ---------------------------------------------------------------------------------------- methods
 def density_from_tracks(tracks_path: str | Path, iq_path: str | Path, factor: int, block_frames: int,
-                        progress: bool = False, first_frame: int = 0) -> tuple[np.ndarray, FineGrid]:  # fmt: skip
+                        progress: bool = False) -> tuple[np.ndarray, FineGrid]:  # fmt: skip
     """Ground-truth density: number of blocks in which a bubble path crossed each fine pixel.
 
     Parameters
@@ -121,7 +121,7 @@ def density_from_tracks(tracks_path: str | Path, iq_path: str | Path, factor: in
     plane_y, slab = slab_of(iq.attrs)
     count = np.zeros(grid.volume_shape, np.float32)
     n_frames = min(tracks.n_frames, iq.iq.shape[0])
-    blocks = time_blocks(n_frames, block_frames, first_frame)
+    blocks = time_blocks(n_frames, block_frames)
     for t0, t1 in tqdm(blocks, unit="block", desc="render ground truth", disable=not progress):
         pos, rel = tracks.frames(t0, t1)
         bubble = tracks.bubbles(int(tracks.frame_offsets[t0]), int(tracks.frame_offsets[t1]))
@@ -167,7 +167,7 @@ def _point_counts(index: np.ndarray, grid: FineGrid) -> np.ndarray:
 
 def density_from_localizations(loc: str | Path | Localizations, factor: int, block_frames: int, mode: str = "segments",
                                include_untracked: bool = True, interp_factor: int = 1, select: np.ndarray | None = None,
-                               progress: bool = False, first_frame: int = 0) -> tuple[np.ndarray, FineGrid]:  # fmt: skip
+                               progress: bool = False) -> tuple[np.ndarray, FineGrid]:  # fmt: skip
     """Conventional ULM density on the fine grid of the localizations' iq grid.
 
     Parameters
@@ -198,7 +198,7 @@ def density_from_localizations(loc: str | Path | Localizations, factor: int, blo
         _, pos, _ = interpolate_tracks(frame, pos, track, interp_factor)
         return _as_map(_point_counts(grid.volume_index(pos), grid), grid), grid
     count = np.zeros(grid.volume_shape, np.float32)
-    blocks = time_blocks(loc.n_frames, block_frames, first_frame)
+    blocks = time_blocks(loc.n_frames, block_frames)
     for t0, t1 in tqdm(blocks, unit="block", desc="render conventional", disable=not progress):
         rows = (frame >= t0) & (frame < t1)
         starts, ends = track_segments(grid.volume_index(pos[rows]), frame[rows], track[rows], include_untracked)
@@ -218,7 +218,7 @@ def _coo_shape(store: CooStore) -> tuple[int, ...]:
 
 
 def density_from_coo(path: str | Path, kind: str = "pred", shape: tuple[int, ...] | None = None, threshold: float = 0.5,
-                     progress: bool = False, first_frame: int = 0) -> tuple[np.ndarray, FineGrid]:  # fmt: skip
+                     progress: bool = False) -> tuple[np.ndarray, FineGrid]:  # fmt: skip
     """Density of a fine-grid COO store (``pred.zarr`` / ``target.zarr``): sites with feats > ``threshold``,
     OR-ed over the tiles of each time block, counted over blocks.
 
@@ -240,7 +240,7 @@ def density_from_coo(path: str | Path, kind: str = "pred", shape: tuple[int, ...
     grid = FineGrid(np.asarray(store.attrs["origin_um"], float), np.asarray(store.attrs["spacing_um"], float), shape, factor)
     count = np.zeros(int(np.prod(shape)), np.float32)
     starts = np.unique(store.origin[:, 0])
-    for t0 in tqdm(starts[starts >= first_frame], unit="block", desc=f"render {kind}", disable=not progress):
+    for t0 in tqdm(starts, unit="block", desc=f"render {kind}", disable=not progress):
         flat = []
         for b in np.flatnonzero(store.origin[:, 0] == t0):
             coords, feats = store.block(int(b))
