@@ -63,3 +63,19 @@ def test_figures_are_written_and_empty_input_is_one_clear_error(grid, tmp_path):
         plot_tradeoff([tmp_path / "missing.csv"], tmp_path / "t2.png")
     with pytest.raises(UlmError, match="no metrics labelled"):
         plot_dice_vs_concentration([write_metrics(tmp_path, "odd", {"conventional": 0.5})], tmp_path / "d2.png")
+
+
+def test_ablation_table_adds_training_time_and_validation_dice(grid, tmp_path):
+    logs = []
+    for variant, seconds in (("full", [0.0, 1.0, 2.0]), ("noprune", [0.0, 3.0, 4.0])):
+        log = tmp_path / "train" / "2d" / "c20" / f"net-sparse-threshold-{variant}" / "metrics.csv"
+        log.parent.mkdir(parents=True)
+        rows = [f"{e},0.01,0.5,0.5,{0.1 * e},{s}" for e, s in enumerate(seconds)]
+        log.write_text("\n".join(["epoch,lr,train_loss,val_loss,val_dice,seconds", *rows]) + "\n")
+        logs.append(log)
+    by_variant = {r["variant"]: r for r in ablation_table(grid, tmp_path / "a.csv", logs)}
+    assert by_variant["full"]["train_seconds"] == 3.0 and by_variant["noprune"]["train_seconds"] == 7.0
+    assert by_variant["noprune"]["best_val_dice"] == pytest.approx(0.2)
+    assert "train_seconds" not in by_variant["cascaded"]  # no log given: the cells stay empty
+    with pytest.raises(UlmError, match="expected"):
+        ablation_table(grid, tmp_path / "b.csv", [tmp_path / "elsewhere.csv"])

@@ -184,7 +184,7 @@ def cmd_summary(args: argparse.Namespace, cfg: dict) -> None:
     if args.dice_plot:
         summary.plot_dice_vs_concentration(args.metrics, args.dice_plot)
     if args.ablation:
-        summary.ablation_table(args.metrics, args.ablation)
+        summary.ablation_table(args.metrics, args.ablation, args.train_metrics)
     if args.tradeoff_plot:
         summary.plot_tradeoff(args.tradeoff, args.tradeoff_plot)
 
@@ -246,6 +246,8 @@ def parser() -> argparse.ArgumentParser:
             p.add_argument("metrics", type=Path, nargs="+", help="metrics.json files")
             p.add_argument("--dice-plot", type=Path, help="also plot Dice against concentration per method here (PNG)")
             p.add_argument("--ablation", type=Path, help="also write the ablation table here (CSV)")
+            p.add_argument("--train-metrics", type=Path, nargs="+", default=[],
+                           help="metrics.csv training logs of the ablation networks (time and validation Dice)")  # fmt: skip
             p.add_argument("--tradeoff", type=Path, nargs="+", default=[], help="sparse-<method>.csv trade-off tables")
             p.add_argument("--tradeoff-plot", type=Path, help="plot the --tradeoff tables here (PNG)")
         if name in ("train", "infer"):

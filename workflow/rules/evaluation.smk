@@ -99,6 +99,8 @@ rule summary:
         metrics=expand(f"{RESULTS}/test/{{dims}}d/c{{c}}/metrics.json", dims=config["dims"], c=config["concentrations"]),
         tradeoff=expand(f"{RESULTS}/test/{{dims}}d/c{{c}}/sparse-{{m}}.csv", dims=config["dims"], c=config["concentrations"],
                         m=config["sparse"]["methods"]),  # fmt: skip
+        train=expand(f"{RESULTS}/train/{{dims}}d/c{TOP_C}/net-sparse-{METHOD}-{{v}}/metrics.csv", dims=config["dims"],
+                     v=VARIANTS if len(VARIANTS) > 1 else []),  # fmt: skip
     output:
         table=report(f"{RESULTS}/metrics.csv", caption="../report/metrics.rst", category="Metrics"),
         dice=report(f"{RESULTS}/dice.png", caption="../report/dice.rst", category="Metrics"),
@@ -106,6 +108,7 @@ rule summary:
         tradeoff=report(f"{RESULTS}/tradeoff.png", caption="../report/tradeoff.rst", category="Sparsification"),
     params:
         code=code("summary.py", "metrics.py"),
+        train=lambda w, input: f"--train-metrics {' '.join(input.train)}" if input.train else "",
     log:
         f"{LOGS}/summary.log",
     benchmark:
@@ -114,7 +117,7 @@ rule summary:
         "../../envs/simulation.yaml"
     shell:
         "{ULM} summary --dice-plot {output.dice} --ablation {output.ablation} --tradeoff-plot {output.tradeoff}"
-        " --tradeoff {input.tradeoff} -- {input.metrics} {output.table} > {log} 2>&1"
+        " --tradeoff {input.tradeoff} {params.train} -- {input.metrics} {output.table} > {log} 2>&1"
 
 
 rule memory:
