@@ -32,7 +32,7 @@ TEST_ONLY = {"graph": 1, "flow": 1, "bubbles": 1, "forward": 1, "sparsify": 2, "
 def workflow_copy(tmp_path_factory) -> Path:
     """The workflow and package copied aside, so that a test may edit its code."""
     copy = tmp_path_factory.mktemp("repo")
-    for name in ("Snakefile", "config.yaml", "workflow", "ulm", "envs"):
+    for name in ("Snakefile", "config.yaml", "workflow", "ulm", "envs", "benchmarks"):
         src = ROOT / name
         (shutil.copytree if src.is_dir() else shutil.copy)(src, copy / name)
     return copy
