@@ -8,6 +8,7 @@ from ulm.vascular import resolve_source
 
 RUN = config["run"]
 RESULTS = f"results/{RUN}"
+RUN_OF_SPLIT = f"{RESULTS}/{{split}}/{{dims}}d/c{{c}}"  # one imaging run of a split
 LOGS = f"logs/{RUN}"
 
 

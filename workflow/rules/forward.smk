@@ -1,6 +1,5 @@
 # Imaging, for each split: ground-truth tracks -> beamformed IQ (2D linear array or 3D matrix array).
 
-RUN_OF_SPLIT = f"{RESULTS}/{{split}}/{{dims}}d/c{{c}}"
 # how the frames are computed (local threads or an existing dask cluster) does not change them: not params
 SCHEDULER = config["forward"]["dask_scheduler"]
 ON_CLUSTER = f"--set forward.dask_scheduler={SCHEDULER}" if SCHEDULER else ""
