@@ -2,12 +2,12 @@
 
 import csv
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from test_workflow import planned_jobs  # rule -> job count of a dry run
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -16,12 +16,6 @@ def snakemake(workdir: Path, *args: str, timeout: int = 1800) -> subprocess.Comp
     cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--directory", str(workdir)]
     cmd += ["--configfile", str(ROOT / "config.yaml"), "--cores", "2", *args]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-
-
-def job_counts(result: subprocess.CompletedProcess) -> dict[str, int]:
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    stats = (result.stdout + result.stderr).split("Job stats:", 1)[1].split("\n\n", 1)[0]
-    return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)\s*$", stats, re.M) if m[1] != "total"}
 
 
 @pytest.mark.parametrize(
@@ -34,7 +28,7 @@ def job_counts(result: subprocess.CompletedProcess) -> dict[str, int]:
     ],
 )
 def test_paper_presets_list_their_whole_grid(tmp_path, preset, expected):
-    counts = job_counts(snakemake(tmp_path, "-n", "--config", f"preset={preset}"))
+    counts = planned_jobs(snakemake(tmp_path, "-n", "--config", f"preset={preset}"))
     assert {rule: counts.get(rule) for rule in expected} == expected
     assert counts["summary"] == 1
 

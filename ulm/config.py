@@ -159,6 +159,13 @@ ABLATIONS = {
 }
 
 
+def network_map_name(model: str, variant: str = "full") -> str:
+    """Name of a network's density map: ``network_<model>_cnn`` for the configured training,
+    ``network_<model>_<variant>_cnn`` for an ablation (map names must not start or end with a store kind
+    such as sparse: check_stores.py reads kinds from names)."""
+    return f"network_{model}_cnn" if variant == "full" else f"network_{model}_{variant}_cnn"
+
+
 def derive_seed(seed: int, *labels: object) -> int:
     """A 63-bit seed derived deterministically from the master seed and labels (stage, wildcards)."""
     text = "/".join([str(seed), *map(str, labels)])

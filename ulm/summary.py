@@ -19,7 +19,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from ulm.config import ABLATIONS  # noqa: E402
+from ulm.config import ABLATIONS, network_map_name  # noqa: E402
 from ulm.errors import UlmError  # noqa: E402
 from ulm.plots import _save  # noqa: E402
 from ulm.store import atomic_path  # noqa: E402
@@ -28,7 +28,7 @@ ABLATION_CHANGE = {"full": "as configured"} | {
     variant: ", ".join(f"train.{key} = {str(value).lower()}" for key, value in changes.items())
     for variant, changes in ABLATIONS.items()
 }
-_ABLATION_NAME = re.compile(r"^network_sparse_(\w+?)_cnn$")
+_ABLATION_OF_MAP = {network_map_name("sparse", variant): variant for variant in ABLATIONS}
 _LABEL = re.compile(r"^([23])d/c(\d+)$")
 
 
@@ -70,8 +70,7 @@ def summary_table(metrics_paths: list[str | Path], out_csv: str | Path) -> list[
 
 
 def _is_ablation(method: str) -> bool:
-    match = _ABLATION_NAME.match(method)
-    return bool(match) and match[1] in ABLATION_CHANGE
+    return method in _ABLATION_OF_MAP
 
 
 _TRAIN_RUN = re.compile(r"/([23])d/c(\d+)/net-sparse-[a-z]+-(\w+)/metrics\.csv$")
@@ -103,10 +102,10 @@ def ablation_table(metrics_paths: list[str | Path], out_csv: str | Path, train_m
     rows = []
     for m in read_metrics(metrics_paths):
         dice = m.get("dice", {})
-        variants = {_ABLATION_NAME.match(k)[1]: v for k, v in dice.items() if _is_ablation(k)}
+        variants = {_ABLATION_OF_MAP[k]: v for k, v in dice.items() if _is_ablation(k)}
         if not variants:
             continue
-        full = dice.get("network_sparse_cnn")
+        full = dice.get(network_map_name("sparse"))
         variants = {"full": full, **variants} if full is not None else variants
         for variant, value in variants.items():
             delta = value - full if full is not None else None

@@ -3,7 +3,7 @@ import json
 import sys
 from pathlib import Path
 
-from ulm.config import derive_seed
+from ulm.config import derive_seed, network_map_name
 from ulm.vascular import resolve_source
 
 RUN = config["run"]
@@ -85,12 +85,11 @@ def graph_section(split):
 
 def net_dirs(dims, c, split="test"):
     """Map name -> network folder of every network scored at (dims, c): each model, and the ablations
-    of the sparse one at the highest concentration (map names must not start or end with a store
-    kind such as sparse: check_stores.py reads kinds from names)."""
+    of the sparse one at the highest concentration."""
     base = f"{RESULTS}/{split}/{dims}d/c{c}"
-    nets = {f"network_{m}_cnn": f"{base}/net-{m}-{METHOD}-full" for m in config["train"]["models"]}
+    nets = {network_map_name(m): f"{base}/net-{m}-{METHOD}-full" for m in config["train"]["models"]}
     if int(c) == TOP_C:
-        nets.update({f"network_sparse_{v}_cnn": f"{base}/net-sparse-{METHOD}-{v}" for v in VARIANTS[1:]})
+        nets.update({network_map_name("sparse", v): f"{base}/net-sparse-{METHOD}-{v}" for v in VARIANTS[1:]})
     return nets
 
 
