@@ -1,164 +1,190 @@
-"""The networks: sparse == dense on dense input, gradients, pruning, deep-supervision targets, training."""
-
-import math
+"""The reference network: parameter counts, sparse == dense twin, pruning, time bins, losses, bad sizes."""
 
 import numpy as np
 import pytest
 import spconv.pytorch as spconv
 import torch
-import torch.nn.functional as F
 
-from ulm.nn.dense_net import DenseConv, DenseULMNet
-from ulm.nn.loss import dense_targets, pooled_target_keys, scale_shapes, soft_dice
-from ulm.nn.sparse_net import SparseULMNet, pool_time, site_keys
-from ulm.nn.spec import Layer, NetSpec, layers
+from ulm.errors import UlmError
+from ulm.nn import dense_ops, sparse_ops
+from ulm.nn.dense_ops import Dense
+from ulm.nn.layers import grid_shape
+from ulm.nn.loss import dilate, level_loss, network_loss, prediction
+from ulm.nn.network import ULMNet, n_parameters
+from ulm.nn.spec import NetSpec
 
-SHAPES = {2: (16, 8, 8), 3: (16, 4, 4, 4)}
+SHAPES = {2: (128, 8, 8), 3: (128, 4, 4, 4)}
 
 
 def sparse_input(x: torch.Tensor, mask: torch.Tensor | None = None) -> spconv.SparseConvTensor:
-    """(1, C, *S) dense -> sparse tensor at ``mask`` (all sites by default)."""
-    shape = x.shape[2:]
-    mask = torch.ones(shape, dtype=torch.bool) if mask is None else mask
+    """(B, C, T, *S) dense -> sparse tensor at ``mask`` (B, T, *S) (all sites by default)."""
+    mask = torch.ones(x.shape[:1] + x.shape[2:], dtype=torch.bool) if mask is None else mask
     idx = torch.nonzero(mask).int()
-    feats = x[0].permute(*range(1, len(shape) + 1), 0)[mask]
-    return spconv.SparseConvTensor(feats, torch.cat([torch.zeros(len(idx), 1, dtype=torch.int32), idx], 1), list(shape), 1)
+    feats = x.movedim(1, -1)[mask]
+    return spconv.SparseConvTensor(feats, idx, list(x.shape[2:]), x.shape[0])
 
 
-def twin_nets(dims: int, **kw) -> tuple[SparseULMNet, DenseULMNet]:
-    torch.manual_seed(0)
-    spec = NetSpec(dims=dims, kernel=3, prune=False, **kw)
-    sparse, dense = SparseULMNet(spec), DenseULMNet(spec)
-    dense.load_state_dict(sparse.state_dict(), strict=True)  # one weight layout for both
-    return sparse.eval(), dense.eval()  # batch norm with running statistics
+def at_sites(dense: Dense, sparse: spconv.SparseConvTensor) -> torch.Tensor:
+    """The dense values (N, C) at the sparse tensor's sites."""
+    idx = sparse.indices.long()
+    return dense.data.movedim(1, -1)[tuple(idx.T)]
+
+
+def twins(dims: int, seed: int = 0, **kw) -> ULMNet:
+    torch.manual_seed(seed)
+    return ULMNet(NetSpec(dims=dims, **kw))
+
+
+def test_parameter_counts_are_the_reference_ones():
+    assert n_parameters(ULMNet(NetSpec(dims=2))) == 1_054_424
+    assert n_parameters(ULMNet(NetSpec(dims=3))) == 3_124_568
+    # each classifier adds a k3 conv 16 -> 1 with bias
+    assert n_parameters(ULMNet(NetSpec(dims=2, prune=True))) == 1_054_424 + 3 * (27 * 16 + 1)
+    assert n_parameters(ULMNet(NetSpec(dims=3, deep_supervision=True))) == 3_124_568 + 3 * (81 * 16 + 1)
+
+
+def test_one_state_dict_for_sparse_and_dense():
+    net = twins(2, prune=True)
+    other = ULMNet(NetSpec(dims=2, prune=True))
+    other.load_state_dict(net.state_dict(), strict=True)
+    with pytest.raises(RuntimeError):
+        ULMNet(NetSpec(dims=2)).load_state_dict(net.state_dict(), strict=True)  # no classifiers
 
 
 @pytest.mark.parametrize("dims", [2, 3])
-def test_sparse_and_dense_nets_agree_on_a_fully_dense_input(dims):
-    sparse, dense = twin_nets(dims)
-    x = torch.randn(1, 2, *SHAPES[dims])
-    with torch.no_grad():
-        for (indices, logits), full in zip(sparse(sparse_input(x)), dense(x), strict=True):
-            assert len(logits) == full[0].numel()
-            np.testing.assert_allclose(logits.numpy(), full[0][tuple(indices[:, 1:].long().T)].numpy(), atol=1e-4)
-
-
-@pytest.mark.parametrize("dims", [2, 3])
-def test_sparse_input_gives_the_dense_output_at_kept_sites(dims):
-    sparse, dense = twin_nets(dims)
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+def test_sparse_equals_dense_on_a_dense_input(dims, train):
+    """Every site active: batch statistics are the same, so even in training mode both agree."""
+    net = twins(dims, deep_supervision=True).train(train)
     gen = torch.Generator().manual_seed(1)
-    mask = torch.rand(SHAPES[dims], generator=gen) < 0.15
-    x = torch.randn(1, 2, *SHAPES[dims], generator=gen) * mask
+    x = torch.randn(2, 2, *SHAPES[dims], generator=gen)
     with torch.no_grad():
-        for (indices, logits), full in zip(sparse(sparse_input(x, mask)), dense(x, sites=mask[None]), strict=True):
-            np.testing.assert_allclose(logits.numpy(), full[0][tuple(indices[:, 1:].long().T)].numpy(), atol=1e-4)
+        sparse_levels, dense_levels = net(sparse_input(x)), net(x)
+    assert len(sparse_levels) == len(dense_levels) == 4
+    for s, d in zip(sparse_levels, dense_levels, strict=True):
+        assert len(s.features) == d.data[:, 0].numel()  # the sparse level holds every site
+        np.testing.assert_allclose(s.features.numpy(), at_sites(d, s).numpy(), atol=1e-4)
 
 
-@pytest.mark.parametrize(
-    "layer",
-    [
-        Layer("same4d", "subm", 2, 3, (3, 3, 3, 3), 4),
-        Layer("same3d", "subm", 2, 3, (3, 3, 3), 3),
-        Layer("down4d", "down", 2, 3, (4, 2, 2, 2), 4),
-        Layer("inverse3d", "inverse", 3, 2, (4, 2, 2), 3),
-        Layer("up2d", "up", 2, 2, (2, 2), 2),
-        Layer("head2d", "head", 2, 1, (1, 1), 2),
-    ],
-    ids=lambda layer: layer.name,
-)
-def test_custom_dense_layers_pass_gradient_check(layer):
-    torch.manual_seed(0)
-    conv = DenseConv(layer).double()
-    size = {"down": 4, "inverse": 2, "up": 2}.get(layer.kind, 3)
-    x = torch.randn(1, layer.cin, *[size if k > 1 or layer.kind != "down" else size for k in layer.kernel], dtype=torch.float64)
-    if layer.kind == "down":
-        x = torch.randn(1, layer.cin, *[2 * k for k in layer.kernel], dtype=torch.float64)
-    x.requires_grad_(True)
-    assert torch.autograd.gradcheck(lambda inp, w: DenseConv.forward(_with_weight(conv, w), inp), (x, conv.weight))
+@pytest.mark.parametrize("dims", [2, 3])
+@pytest.mark.parametrize("prune", [False, True])
+def test_a_sparse_input_gives_the_dense_output_at_kept_sites(dims, prune):
+    net = twins(dims, prune=prune).eval()  # running statistics: batch norm does not depend on the sites
+    gen = torch.Generator().manual_seed(2)
+    mask = torch.rand(1, *SHAPES[dims], generator=gen) < 0.1
+    x = torch.randn(1, 2, *SHAPES[dims], generator=gen) * mask[:, None]
+    with torch.no_grad():
+        sparse_levels = net(sparse_input(x, mask))
+        dense_levels = net(Dense(x, mask[:, None].float()))
+    for s, d in zip(sparse_levels, dense_levels, strict=True):
+        assert int(d.mask.sum()) == len(s.features)  # the same sites
+        np.testing.assert_allclose(s.features.numpy(), at_sites(d, s).numpy(), atol=1e-4)
 
 
-def _with_weight(conv: DenseConv, w: torch.Tensor) -> DenseConv:
-    conv.weight = torch.nn.Parameter(w) if not isinstance(w, torch.nn.Parameter) else w
-    return conv
+def test_pruning_keeps_exactly_the_sites_above_half_or_the_most_likely_one():
+    idx = torch.tensor([[0, 0, 1, 1], [0, 0, 2, 3], [1, 0, 0, 0], [1, 0, 3, 3]], dtype=torch.int32)
+    x = spconv.SparseConvTensor(torch.arange(8.0).reshape(4, 2), idx, [1, 4, 4], 2)
+    kept = sparse_ops.prune(x, torch.tensor([0.2, 0.51, 0.5, 0.9]), 0.5)
+    assert kept.indices.tolist() == [idx[1].tolist(), idx[3].tolist()]  # 0.5 itself is dropped
+    kept = sparse_ops.prune(x, torch.tensor([0.2, 0.3, 0.1, 0.3]), 0.5)
+    assert kept.indices.tolist() == [idx[1].tolist(), idx[3].tolist()]  # none above: the most likely (ties kept)
+    dense = Dense(torch.ones(1, 2, 1, 2, 2))
+    prob = torch.tensor([0.1, 0.7, 0.6, 0.2]).reshape(1, 1, 1, 2, 2)
+    assert dense_ops.prune(dense, prob, 0.5).mask.flatten().tolist() == [0, 1, 1, 0]
 
 
-def test_four_d_same_convolution_matches_a_direct_sum():
-    torch.manual_seed(0)
-    conv = DenseConv(Layer("c", "subm", 1, 1, (3, 3, 3, 3), 4)).double()
-    x = torch.randn(1, 1, 4, 3, 3, 3, dtype=torch.float64)
-    w = conv.torch_weight()[0, 0]
-    xp = F.pad(x[0, 0], (1, 1, 1, 1, 1, 1, 1, 1))
-    direct = torch.zeros(4, 3, 3, 3, dtype=torch.float64)
-    for off in np.ndindex(3, 3, 3, 3):
-        direct += w[off] * xp[off[0] : off[0] + 4, off[1] : off[1] + 3, off[2] : off[2] + 3, off[3] : off[3] + 3]
-    torch.testing.assert_close(conv(x)[0, 0], direct)
+def test_pruning_in_the_network_drops_the_classifiers_rejects():
+    net = twins(2, prune=True).eval()
+    with torch.no_grad():
+        net.hr[0].classifier.bias.fill_(-1.0)  # most probabilities below 0.5
+        x = torch.randn(1, 2, *SHAPES[2])
+        levels = net(sparse_input(x))
+    kept_parents = (torch.sigmoid(levels[0].features[:, 0]) > 0.5).sum()
+    children = levels[1]  # the next classifier runs on the children of the kept sites
+    assert len(children.features) == 4 * max(int(kept_parents), 1) < 4 * len(levels[0].features)
 
 
-def test_time_pooling_and_dice_pass_gradient_check():
-    idx = torch.tensor([[0, 0, 1, 1], [0, 3, 1, 1], [0, 2, 0, 1]], dtype=torch.int32)
-    feats = torch.rand(3, 2, dtype=torch.float64, requires_grad=True)
+@pytest.mark.parametrize("dims,space", [(2, 8), (3, 4)])
+def test_time_has_four_bins_at_every_high_resolution_stage(dims, space):
+    net = twins(dims).eval()
+    shapes = []
+    for stage in net.hr:
+        stage.register_forward_hook(lambda mod, inp, out: shapes.append((grid_shape(inp[0]), grid_shape(out), out.indices)))
+    gen = torch.Generator().manual_seed(3)
+    mask = torch.rand(1, 512, *[space] * dims, generator=gen) < 0.02
+    x = torch.randn(1, 2, 512, *[space] * dims, generator=gen)
+    with torch.no_grad():
+        out = net(sparse_input(x, mask))[-1]
+    assert [(s_in[0], s_out[0]) for s_in, s_out, _ in shapes] == [(4, 4)] * 3
+    assert [s_out[1:] for _, s_out, _ in shapes] == [(space * 2**k,) * dims for k in (1, 2, 3)]
+    assert all(set(idx[:, 1].tolist()) <= {0, 1, 2, 3} for _, _, idx in shapes)
+    assert grid_shape(out) == (1, *[8 * space] * dims)  # time collapsed at the output, on the 8x grid
+
+
+def test_blocks_the_network_cannot_take_fail_with_one_clear_error():
+    spec = NetSpec(dims=2)
+    assert spec.pad_shape((512, 30, 32)) == (512, 32, 32)
+    with pytest.raises(UlmError, match="multiple of 128"):
+        spec.pad_shape((100, 32, 32))
+    with pytest.raises(UlmError, match="2D\\+t"):
+        spec.pad_shape((512, 32, 32, 32))
+    with pytest.raises(UlmError, match="width"):
+        NetSpec(width=7)
+
+
+def test_kernel_equals_stride_operations_pass_gradient_checks():
+    gen = torch.Generator().manual_seed(4)
+    idx = torch.tensor([[0, 0, 1, 1], [0, 3, 1, 0], [0, 2, 0, 1], [0, 1, 2, 3]], dtype=torch.int32)
+    feats = torch.randn(4, 3, dtype=torch.float64, generator=gen, requires_grad=True)
+    weight = torch.randn(2, 1, 2, 2, 3, dtype=torch.float64, generator=gen, requires_grad=True)
 
     def pooled(f):
-        return pool_time(spconv.SparseConvTensor(f, idx, [4, 2, 2], 1)).features
+        return sparse_ops.max_pool(spconv.SparseConvTensor(f, idx, [4, 4, 4], 1), (4, 2, 2)).features
+
+    def spawned(f, w):
+        return sparse_ops.transpose_spawn(spconv.SparseConvTensor(f, idx, [4, 4, 4], 1), w).features
 
     assert torch.autograd.gradcheck(pooled, (feats,))
-    assert pooled(feats.detach()).shape == (2, 2)
-    p = torch.rand(5, dtype=torch.float64, requires_grad=True)
-    hit = torch.tensor([1.0, 0, 1, 0, 0], dtype=torch.float64)
-    assert torch.autograd.gradcheck(lambda q: soft_dice(q, hit, 3), (p,))
+    assert torch.autograd.gradcheck(spawned, (feats, weight))
+    assert pooled(feats.detach()).shape == (2, 3)  # (t, z, x) // (4, 2, 2): three sites in block (0, 0, 0), one in (0, 1, 1)
 
 
-@pytest.mark.parametrize("dims", [2, 3])
-def test_deep_supervision_targets_are_the_pooled_full_resolution_target(dims):
-    space = SHAPES[dims][1:]
-    fine = scale_shapes(space, 3)[-1]
-    gen = torch.Generator().manual_seed(2)
-    target = torch.unique(
-        torch.cat([torch.randint(0, 2, (40, 1), generator=gen), torch.randint(0, min(fine), (40, dims), generator=gen)], 1), dim=0
-    )
-    keys = pooled_target_keys(target, space, 3)
-    dense = dense_targets(target, 2, space, 3)
-    pool = F.max_pool2d if dims == 2 else F.max_pool3d
-    full = dense[-1]
-    for k, shape in enumerate(scale_shapes(space, 3)):
-        expected = pool(full[:, None], 2 ** (3 - k))[:, 0]
-        torch.testing.assert_close(dense[k], expected)
-        coarse_sites = torch.nonzero(expected > 0).int()
-        assert torch.equal(torch.sort(site_keys(coarse_sites, shape)).values, keys[k])
+def test_transposed_convolution_onto_the_skip_sites_matches_the_dense_one():
+    gen = torch.Generator().manual_seed(5)
+    coarse = Dense(torch.randn(1, 3, 2, 2, 2, generator=gen))
+    weight = torch.randn(4, 1, 2, 2, 3, generator=gen)
+    fine_mask = torch.rand(1, 1, 2, 4, 4, generator=gen) < 0.5
+    like = Dense(torch.zeros(1, 1, 2, 4, 4), fine_mask.float())
+    dense = dense_ops.transpose_onto(coarse, weight, like)
+    sparse_like = sparse_input(like.data, fine_mask[:, 0])
+    sparse = sparse_ops.transpose_onto(sparse_input(coarse.data), weight, sparse_like)
+    torch.testing.assert_close(sparse.features, at_sites(dense, sparse_like))
 
 
-def test_pruning_keeps_exactly_the_sites_above_threshold_plus_ground_truth():
-    torch.manual_seed(3)
-    spec = NetSpec(dims=2, kernel=3, prune=True, prune_threshold=0.5)
-    net = SparseULMNet(spec).eval()
+def test_dilated_target_is_the_three_by_three_neighbourhood_clipped_to_the_grid():
+    target = torch.tensor([[0, 0, 0], [1, 5, 5]])
+    sites = dilate(target, (8, 8))
+    assert len(sites) == 4 + 9
+    assert {tuple(s) for s in sites.tolist()} >= {(0, 1, 1), (1, 4, 6), (1, 6, 4)}
+
+
+def test_losses_and_predictions_agree_between_sparse_and_dense():
+    net = twins(2, deep_supervision=True).eval()
     x = torch.randn(1, 2, *SHAPES[2])
-    with torch.no_grad():  # centre the first classifier so that about half of its sites fall below 0.5
-        net.layers["cls0"].bias -= torch.median(net(sparse_input(x))[0][1])
-    space = SHAPES[2][1:]
-    gt = torch.tensor([[0, 0, 0], [0, 63, 63], [0, 17, 40]], dtype=torch.int32)
-    keys = pooled_target_keys(gt, space, 3)
+    target = torch.tensor([[0, 3, 4], [0, 40, 41], [0, 63, 0]])
     with torch.no_grad():
-        outputs = net(sparse_input(x), target=keys)
-    shapes = scale_shapes(space, 3)
-    for k in range(3):
-        indices, logits = outputs[k]
-        expected = (torch.sigmoid(logits) > 0.5) | torch.isin(site_keys(indices, shapes[k]), keys[k])
-        children = outputs[k + 1][0]
-        parents = torch.unique(torch.cat([children[:, :1], children[:, 1:] // 2], 1), dim=0)
-        assert torch.equal(
-            torch.sort(site_keys(parents, shapes[k])).values, torch.sort(site_keys(indices[expected], shapes[k])).values
-        )
-        if k == 0:
-            assert expected.sum() < len(expected)  # something was pruned
+        sparse_levels, dense_levels = net(sparse_input(x)), net(x)
+    for s, d, scale in zip(sparse_levels, dense_levels, [8, 4, 2, 1], strict=True):
+        torch.testing.assert_close(level_loss(s, target, scale), level_loss(d, target, scale))
+    torch.testing.assert_close(network_loss(sparse_levels, target, net.spec), network_loss(dense_levels, target, net.spec))
+    (sp_sites, sp_prob), (d_sites, d_prob) = prediction(sparse_levels[-1], 0.3), prediction(dense_levels[-1], 0.3)
+    assert torch.equal(sp_sites.long(), d_sites.long())
+    torch.testing.assert_close(sp_prob, d_prob)
 
 
-def test_parameter_counts_match_the_paper_scale():
-    counts = {
-        (d, k): sum(math.prod(p.shape) for p in SparseULMNet(NetSpec(dims=d, kernel=k)).parameters())
-        for d in (2, 3)
-        for k in (3, 5)
-    }
-    print({f"{d}D+t kernel {k}": f"{n:,}" for (d, k), n in counts.items()})
-    assert 0.9e6 < counts[(2, 5)] < 1.3e6  # paper: ~1.05 M
-    assert counts[(3, 5)] > 2.5e6  # paper: ~3.1 M (4D kernels)
-    assert len(layers(NetSpec())) == 10 + 3 * 3 + 1
+def test_a_perfect_output_has_zero_loss():
+    target = torch.tensor([[0, 1, 2], [0, 5, 5]])
+    logits = torch.full((1, 1, 1, 8, 8), -50.0)
+    logits[0, 0, 0, 1, 2] = logits[0, 0, 0, 5, 5] = 50.0
+    assert float(level_loss(Dense(logits), target, 1)) < 1e-6
+    assert float(level_loss(Dense(-logits), target, 1)) > 0.99

@@ -1,5 +1,6 @@
-"""Super-resolution networks: one spec (spec.py), a sparse (spconv) and a dense (torch) implementation."""
+"""The paper's super-resolution network: one definition (stages.py) that runs on spconv sparse tensors
+or, as its dense twin, on dense torch tensors (network.ULMNet)."""
 
-from ulm.nn.spec import NetSpec, layers
+from ulm.nn.spec import NetSpec
 
-__all__ = ["NetSpec", "layers"]
+__all__ = ["NetSpec"]

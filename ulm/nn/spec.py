@@ -1,94 +1,82 @@
-"""One network definition shared by the sparse (spconv) and dense (torch) implementations.
+"""What the network is: the options of the reference Deep-stULM sparse architecture (Rauby et al. 2024).
 
-Deep-stULM-like super-resolution network (Rauby et al. 2024, following its reference code):
-an encoder-decoder over (t, space) with skip connections, then the time axis is max-pooled away
-and three x2 transposed-convolution stages, each preceded by a pruning classifier, reach the
-``factor`` = 8 finer grid. Every layer is listed once in :func:`layers`, in the weight layout of
-spconv, (out, *kernel, in), so that one state dict loads into both implementations.
+The architecture itself is fixed (stages in :mod:`ulm.nn.stages`); the options below are the
+reference's variants (pruning, deep supervision, cascaded training) and, for CPU runs, the base
+channel count. Time is the first coordinate of every tensor here: (t, z, [y,] x).
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from ulm.errors import UlmError
+
+DOWN_POOL = (4, 2)  # each down stage max-pools time by 4 and every spatial axis by 2
+SKIP_TIME_POOL = (4, 16)  # the 16-px and 32-px skips are max-pooled in time to the decoder's 32 bins
+TRANSITION1_TIME_POOL = 8  # 32 -> 4 time bins kept through the high-resolution stages
+N_HR_STAGES = 3  # three x2 transposed-convolution stages: the 8x grid
+INPUT_KERNEL, KERNEL = 5, 3
+TIME_MULTIPLE = DOWN_POOL[0] ** 2 * TRANSITION1_TIME_POOL  # 128: frames per block must be a multiple
+SPACE_MULTIPLE = DOWN_POOL[1] ** 2  # 4: tiles are zero-padded to a multiple
+
 
 @dataclass(frozen=True)
 class NetSpec:
-    """Architecture options.
+    """Options of the network.
 
-    dims : spatial dimensions (2: 3D convolutions over (t, z, x); 3: 4D over (t, z, y, x)).
-    width : channels of the first stage (x2, x4 in the down stages).
-    kernel : kernel size of the encoder/decoder convolutions (5 in the paper, 3 for CPU runs).
-    time_stride, space_stride : downsampling per stage along time and along each spatial axis.
-    n_up : number of x2 upsampling stages (3 -> 8x grid).
-    prune : drop sites whose classifier probability is below ``prune_threshold`` before each up stage.
-    deep_supervision : Dice loss at every scale (else only at the finest).
+    dims : spatial dimensions (2: 3D convolutions over (t, z, x); 3: 4D convolutions over (t, z, y, x)).
+    width : base channels (16 in the reference; 2 x and 4 x in the down stages; must be even).
+    prune : a classifier before each high-resolution stage; sites with probability <= ``prune_threshold``
+        are dropped (the most likely site is kept when none passes). Implies the classifiers' losses.
+    deep_supervision : a classifier before each high-resolution stage with its own Dice loss.
+    cascaded : trained stage by stage (the reference's multiphase); needs the classifiers too.
     """
 
     dims: int = 2
     width: int = 16
-    kernel: int = 5
-    time_stride: int = 4
-    space_stride: int = 2
-    n_up: int = 3
-    prune: bool = True
+    prune: bool = False
     prune_threshold: float = 0.5
-    deep_supervision: bool = True
+    deep_supervision: bool = False
+    cascaded: bool = False
     in_channels: int = 2
+
+    def __post_init__(self):
+        if self.dims not in (2, 3):
+            raise UlmError(f"network dims must be 2 or 3, got {self.dims}")
+        if self.width < 2 or self.width % self.in_channels:
+            raise UlmError(f"network width must be a multiple of {self.in_channels} (input repeated over channels), got {self.width}")
 
     def as_dict(self) -> dict:
         return asdict(self)
 
     @property
-    def down_stride(self) -> tuple[int, ...]:
-        return (self.time_stride,) + (self.space_stride,) * self.dims
+    def classifiers(self) -> bool:
+        """Whether each high-resolution stage has a classifier (and a loss) on its input."""
+        return self.prune or self.deep_supervision or self.cascaded
 
     @property
     def factor(self) -> int:
-        return 2**self.n_up
+        return 2**N_HR_STAGES
+
+    @property
+    def n_phases(self) -> int:
+        """Network phases: 0..N_HR_STAGES - 1 stop after the classifier of that stage (cascaded training);
+        the last one is the whole network."""
+        return N_HR_STAGES + 1
 
     def pad_shape(self, block_shape: tuple[int, ...]) -> tuple[int, ...]:
-        """Smallest (T, *space) >= ``block_shape`` divisible by the two down stages."""
-        mult = [s * s for s in self.down_stride]
-        return tuple(-(-n // m) * m for n, m in zip(block_shape, mult, strict=True))
+        """The (T, *space) the network runs on: tiles zero-padded to a multiple of 4 px; the frames
+        must already be a multiple of 128 (one clear error otherwise)."""
+        if len(block_shape) != self.dims + 1:
+            raise UlmError(f"blocks of shape {tuple(block_shape)}, but the network is {self.dims}D+t (expected {self.dims + 1} axes)")
+        t = int(block_shape[0])
+        if t < TIME_MULTIPLE or t % TIME_MULTIPLE:
+            raise UlmError(
+                f"blocks of {t} frames: the network pools time by {DOWN_POOL[0]} x {DOWN_POOL[0]} x {TRANSITION1_TIME_POOL}, "
+                f"so sparse.block_frames must be a multiple of {TIME_MULTIPLE} (512 in the paper)"
+            )
+        return (t, *(-(-int(n) // SPACE_MULTIPLE) * SPACE_MULTIPLE for n in block_shape[1:]))
 
-
-@dataclass(frozen=True)
-class Layer:
-    """One convolution: ``kind`` is subm (same-size), down (kernel = stride), inverse (undoes a down),
-    up (x2 transposed, generative) or head (1x1 classifier with bias); ``ndim`` its dimensions."""
-
-    name: str
-    kind: str
-    cin: int
-    cout: int
-    kernel: tuple[int, ...]
-    ndim: int
-    pair: str | None = None  # the down layer an inverse layer undoes
-    sites: str | None = None  # same-size layers on the same sites share spconv's index pairs
-
-
-def layers(spec: NetSpec) -> list[Layer]:
-    """Every layer of the network, in order."""
-    w, k, n = spec.width, spec.kernel, spec.dims + 1
-    kk, ds = (k,) * n, spec.down_stride
-    out = [
-        Layer("conv_in", "subm", spec.in_channels, w, kk, n, sites="full"),
-        Layer("conv_e0", "subm", w, w, kk, n, sites="full"),
-        Layer("down1", "down", w, 2 * w, ds, n),
-        Layer("conv_e1", "subm", 2 * w, 2 * w, kk, n, sites="half"),
-        Layer("down2", "down", 2 * w, 4 * w, ds, n),
-        Layer("conv_e2", "subm", 4 * w, 4 * w, kk, n, sites="quarter"),
-        Layer("up2", "inverse", 4 * w, 2 * w, ds, n, pair="down2"),
-        Layer("conv_d1", "subm", 4 * w, 2 * w, kk, n, sites="half"),
-        Layer("up1", "inverse", 2 * w, w, ds, n, pair="down1"),
-        Layer("conv_d0", "subm", 2 * w, w, kk, n, sites="full"),
-    ]
-    d, ks = spec.dims, (3,) * spec.dims
-    for s in range(spec.n_up):
-        out += [
-            Layer(f"cls{s}", "head", w, 1, (1,) * d, d),
-            Layer(f"upconv{s}", "up", w, w, (2,) * d, d),
-            Layer(f"conv_u{s}", "subm", w, w, ks, d, sites=f"up{s}"),
-        ]
-    return out + [Layer(f"cls{spec.n_up}", "head", w, 1, (1,) * d, d)]
+    def hr_time_bins(self, frames: int) -> int:
+        """Time bins held through the high-resolution stages (4 for 512-frame blocks)."""
+        return frames // TIME_MULTIPLE
