@@ -22,7 +22,7 @@ def write_metrics(folder: Path, label: str, dice: dict) -> Path:
 def grid(tmp_path) -> list[Path]:
     low = {"conventional": 0.8, "network_sparse_cnn": 0.6}
     high = {"conventional": 0.5, "network_sparse_cnn": 0.55}
-    high |= {"network_sparse_noprune_cnn": 0.52, "network_sparse_cascaded_cnn": 0.58}
+    high |= {"network_sparse_pruning_cnn": 0.52, "network_sparse_cascaded_cnn": 0.58}
     return [write_metrics(tmp_path, "2d/c2", low), write_metrics(tmp_path, "2d/c20", high)]
 
 
@@ -42,8 +42,8 @@ def test_summary_table_has_a_row_per_run_and_method(grid, tmp_path):
 def test_ablation_table_compares_each_variant_with_the_full_training(grid, tmp_path):
     rows = ablation_table(grid, tmp_path / "a.csv")
     by_variant = {r["variant"]: r for r in rows}
-    assert set(by_variant) == {"full", "noprune", "cascaded", "conventional"}  # only the run with ablations
-    assert by_variant["noprune"]["dice_minus_full"] == pytest.approx(-0.03)
+    assert set(by_variant) == {"full", "pruning", "cascaded", "conventional"}  # only the run with ablations
+    assert by_variant["pruning"]["dice_minus_full"] == pytest.approx(-0.03)
     assert by_variant["cascaded"]["change"] == "train.cascaded = true"
     assert {r["concentration"] for r in rows} == {20}
 
@@ -67,15 +67,15 @@ def test_figures_are_written_and_empty_input_is_one_clear_error(grid, tmp_path):
 
 def test_ablation_table_adds_training_time_and_validation_dice(grid, tmp_path):
     logs = []
-    for variant, seconds in (("full", [0.0, 1.0, 2.0]), ("noprune", [0.0, 3.0, 4.0])):
-        log = tmp_path / "train" / "2d" / "c20" / f"net-sparse-threshold-{variant}" / "metrics.csv"
+    for variant, seconds in (("full", [0.0, 1.0, 2.0]), ("pruning", [0.0, 3.0, 4.0])):
+        log = tmp_path / "train" / "2d" / f"net-sparse-threshold-{variant}" / "metrics.csv"
         log.parent.mkdir(parents=True)
         rows = [f"{e},0.01,0.5,0.5,{0.1 * e},{s}" for e, s in enumerate(seconds)]
         log.write_text("\n".join(["epoch,lr,train_loss,val_loss,val_dice,seconds", *rows]) + "\n")
         logs.append(log)
     by_variant = {r["variant"]: r for r in ablation_table(grid, tmp_path / "a.csv", logs)}
-    assert by_variant["full"]["train_seconds"] == 3.0 and by_variant["noprune"]["train_seconds"] == 7.0
-    assert by_variant["noprune"]["best_val_dice"] == pytest.approx(0.2)
+    assert by_variant["full"]["train_seconds"] == 3.0 and by_variant["pruning"]["train_seconds"] == 7.0
+    assert by_variant["pruning"]["best_val_dice"] == pytest.approx(0.2)
     assert "train_seconds" not in by_variant["cascaded"]  # no log given: the cells stay empty
     with pytest.raises(UlmError, match="expected"):
         ablation_table(grid, tmp_path / "b.csv", [tmp_path / "elsewhere.csv"])

@@ -102,7 +102,7 @@ RERUN_CASES = [
     ({"sparse": {"block_frames": 32}}, {"sparsify": 4, "targets": 1, **NETWORK, "all": 1}),
     ({"train": {"epochs": 2}}, {**NETWORK, "all": 1}),
     ({"train": {"epochs": 1, "device": "cpu", "threads": 1}}, {}),
-    ({"train": {"epochs": 1, "ablations": ["noprune"]}}, {**NETWORK, "all": 1}),
+    ({"train": {"epochs": 1, "ablations": ["pruning"]}}, {**NETWORK, "all": 1}),
     ({"conventional": {"max_gap_frames": 1}}, {"conventional": 1, **EVALUATION, "all": 1}),
     ({"render": {"gamma": 1.0}}, {**EVALUATION, "all": 1}),
     ({"metrics": {"frc_split": "frames"}}, {"metrics": 1, "summary": 1, "all": 1}),

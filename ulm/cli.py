@@ -134,9 +134,14 @@ def cmd_targets(args: argparse.Namespace, cfg: dict) -> None:
 def cmd_train(args: argparse.Namespace, cfg: dict) -> None:
     from ulm.train import train
 
-    rows, trivial = train(args.sparse, args.target, args.output, cfg["train"], derive_seed(cfg["seed"], "train"), iq_path=args.iq,
+    if len(args.stores) % 2:
+        raise UlmError(f"train: expected pairs of SPARSE TARGET stores before OUTPUT, got {len(args.stores)} paths")
+    sparse, target = args.stores[0::2], args.stores[1::2]
+    if args.iq and len(args.iq) != len(sparse):
+        raise UlmError(f"train: {len(args.iq)} --iq stores for {len(sparse)} sparse stores (one each, in the same order)")
+    rows, trivial = train(sparse, target, args.output, cfg["train"], derive_seed(cfg["seed"], "train"), iq_paths=args.iq,
                           progress=not args.quiet)  # fmt: skip
-    best = max(rows, key=lambda r: r["val_dice"])
+    best = max((r for r in rows if r["val_dice"] == r["val_dice"]), key=lambda r: r["val_dice"])
     print(f"train: validation Dice untrained {rows[0]['val_dice']:.3f}, trivial predictor (upsampled input) {trivial:.3f}, "
           f"best {best['val_dice']:.3f} at epoch {best['epoch']}", file=sys.stderr)  # fmt: skip
 
@@ -197,7 +202,7 @@ STAGES = {
     "sparsify": (cmd_sparsify, ["iq", "output"], "sparse COO blocks: iq.zarr -> sparse.zarr"),
     "mask": (cmd_mask, ["iq", "tracks", "output"], "train the learned sparsification mask: iq.zarr tracks.zarr -> mask.pt"),
     "targets": (cmd_targets, ["tracks", "iq", "output"], "8x ground-truth passage maps: tracks.zarr iq.zarr -> target.zarr"),
-    "train": (cmd_train, ["sparse", "target", "output"], "train the network: sparse.zarr target.zarr -> model.pt"),
+    "train": (cmd_train, ["stores", "output"], "train one network: sparse.zarr target.zarr [sparse.zarr target.zarr ...] -> model.pt"),
     "infer": (cmd_infer, ["checkpoint", "sparse", "output"], "super-resolve every block: model.pt sparse.zarr -> pred.zarr"),
     "conventional": (cmd_conventional, ["iq", "output"], "conventional ULM, localize + track: iq.zarr -> localizations.zarr"),
     "render": (cmd_render, ["tracks", "iq", "output"], "density maps on the 8x grid: tracks.zarr iq.zarr -> density/"),
@@ -216,6 +221,7 @@ HELP = {
     "iq": "iq.zarr",
     "sparse": "sparse.zarr",
     "target": "target.zarr",
+    "stores": "sparse.zarr target.zarr of each training store (e.g. one per concentration)",
     "checkpoint": "model.pt written by `ulm train`",
     "density": "density/ folder written by `ulm render`",
     "output": "output store (written atomically)",
@@ -250,7 +256,10 @@ def parser() -> argparse.ArgumentParser:
                            help="metrics.csv training logs of the ablation networks (time and validation Dice)")  # fmt: skip
             p.add_argument("--tradeoff", type=Path, nargs="+", default=[], help="sparse-<method>.csv trade-off tables")
             p.add_argument("--tradeoff-plot", type=Path, help="plot the --tradeoff tables here (PNG)")
-        if name in ("train", "infer"):
+        if name == "train":
+            p.add_argument("--iq", type=Path, action="append", default=[],
+                           help="iq.zarr of each sparse store, in order (needed by the dense baseline)")  # fmt: skip
+        if name == "infer":
             p.add_argument("--iq", type=Path, help="iq.zarr the sparse store was made from (needed by the dense baseline)")
         if name == "forward":
             p.add_argument(
@@ -258,7 +267,7 @@ def parser() -> argparse.ArgumentParser:
             )
         p.add_argument("--quiet", action="store_true", help="no progress bar")
         for pos in positionals:
-            p.add_argument(pos, help=HELP[pos])
+            p.add_argument(pos, help=HELP[pos], **({"type": Path, "nargs": "+"} if pos == "stores" else {}))
     return top
 
 

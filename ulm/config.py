@@ -150,12 +150,12 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> di
     return validate_config(apply_overrides(cfg, list(overrides)))
 
 
-# the ablation grid (train.ablations): each variant's changes to the `train` section (pruning is trained
-# by the per-scale loss, so without deep supervision it goes too)
+# the ablation grid (train.ablations): the reference's variants of the headline network, as changes to
+# the `train` section (its cascaded configuration prunes too)
 ABLATIONS = {
-    "noprune": {"prune": False},
-    "nodeepsup": {"deep_supervision": False, "prune": False},
-    "cascaded": {"cascaded": True},
+    "pruning": {"prune": True},
+    "deep_supervision": {"deep_supervision": True},
+    "cascaded": {"cascaded": True, "prune": True},
 }
 
 

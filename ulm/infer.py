@@ -12,26 +12,31 @@ from tqdm import tqdm
 from ulm.dataset import DenseBlocks, SparseBlocks
 from ulm.errors import UlmError
 from ulm.imaging import fine_grid
-from ulm.nn.dense_net import pad_to
+from ulm.nn.loss import pad_to, prediction
+from ulm.nn.network import ULMNet
 from ulm.nn.spec import NetSpec
 from ulm.store import CooWriter
-from ulm.train import build_net, pick_device
+from ulm.train import ARCHITECTURE, build_net, pick_device
 
 
-def load_checkpoint(path: str | Path, device: torch.device) -> tuple[torch.nn.Module, dict]:
+def load_checkpoint(path: str | Path, device: torch.device) -> tuple[ULMNet, dict]:
     """The network of a checkpoint written by `ulm train` (one clear error for anything else)."""
     path = Path(path)
     if not path.is_file():
         raise UlmError(f"checkpoint {path}: not found")
     try:
-        ckpt = torch.load(path, map_location=device, weights_only=False)
-        spec = NetSpec(**ckpt["spec"])
-        net = build_net(spec, ckpt["model_kind"], device)
+        ckpt = torch.load(path, map_location=device, weights_only=True)
+    except (RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as exc:
+        raise UlmError(f"checkpoint {path}: not a checkpoint of `ulm train` ({type(exc).__name__})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("architecture") != ARCHITECTURE:
+        found = ckpt.get("architecture", "an older network") if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise UlmError(f"checkpoint {path}: made for {found}, not this network ({ARCHITECTURE}); retrain it with `ulm train`")
+    try:
+        net = build_net(NetSpec(**ckpt["spec"]), device)
         net.load_state_dict(ckpt["model"])
-    except (KeyError, TypeError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as exc:  # RuntimeError: shapes
-        raise UlmError(
-            f"checkpoint {path}: not a checkpoint of this network ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})"
-        ) from None
+    except (KeyError, TypeError, RuntimeError, UlmError) as exc:  # RuntimeError: shapes
+        raise UlmError(f"checkpoint {path}: weights do not fit the network ({type(exc).__name__}: "
+                       f"{str(exc).splitlines()[0][:120]})") from None  # fmt: skip
     return net.eval(), ckpt
 
 
@@ -51,26 +56,25 @@ def predict(checkpoint: str | Path, sparse_path: str | Path, out_path: str | Pat
             " (sparse.block_frames must match)"
         )
     padded = spec.pad_shape(data.block_shape)
+    if ckpt["model_kind"] == "dense" and iq_path is None:
+        raise UlmError("a dense network's checkpoint needs the iq.zarr the sparse store was made from (--iq)")
+    dense = DenseBlocks(iq_path, sparse_path) if ckpt["model_kind"] == "dense" else None
     fine_block = np.array(data.block_shape[1:]) * spec.factor
     iq_grid = data._open()[0].attrs["iq"]
     origin, spacing = fine_grid(iq_grid["origin_um"], iq_grid["spacing_um"], spec.factor)
     attrs = {"factor": spec.factor, "origin_um": origin.tolist(), "spacing_um": spacing.tolist(), "checkpoint": str(checkpoint),
              "fine_block_shape": fine_block.tolist(), "threshold": 0.5}  # fmt: skip
-    dense = DenseBlocks(iq_path, sparse_path) if ckpt["model_kind"] == "dense" else None
     with CooWriter(out_path, spec.dims, 1, attrs) as writer:
         for b in tqdm(range(len(data)), unit="block", desc="infer", disable=not progress):
-            item = data[b]
             if dense is not None:
-                prob = torch.sigmoid(net(pad_to(dense[b][None].to(device), padded))[-1][0])
-                coords = torch.nonzero(prob > 0.5)
-                values = prob[tuple(coords.T)]
+                x = pad_to(dense[b][None], padded).to(device)
             else:
                 import spconv.pytorch as spconv
 
+                item = data[b]
                 idx = torch.cat([torch.zeros(len(item["coords"]), 1, dtype=torch.int32), item["coords"]], 1).to(device)
                 x = spconv.SparseConvTensor(item["feats"].to(device), idx, list(padded), 1)
-                indices, logits = net(x)[-1]
-                keep = logits > 0
-                coords, values = indices[keep, 1:], torch.sigmoid(logits[keep])
+            sites, prob = prediction(net(x)[-1])
+            coords = sites[:, 1:]
             inside = torch.all(coords < torch.as_tensor(fine_block, device=coords.device), dim=1)  # drop the padding
-            writer.append(coords[inside].cpu().numpy(), values[inside, None].cpu().numpy(), data.origins[b])
+            writer.append(coords[inside].cpu().numpy(), prob[inside, None].cpu().numpy(), data.origins[b])

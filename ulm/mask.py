@@ -73,7 +73,7 @@ def train_mask(
             x, y = frames_tensor(block), truth_mask(imaged_bubble_sites(tracks, iq, t0, t0 + frames), block.shape)
             for batch in torch.split(torch.arange(len(x)), 64):
                 opt.zero_grad()
-                loss = soft_dice(torch.sigmoid(net(x[batch])), y[batch], y[batch].sum())
+                loss = soft_dice(torch.sigmoid(net(x[batch])), y[batch], y[batch].sum(), eps=1.0)
                 loss.backward()
                 opt.step()
                 losses.append(loss.item())

@@ -73,29 +73,31 @@ def _is_ablation(method: str) -> bool:
     return method in _ABLATION_OF_MAP
 
 
-_TRAIN_RUN = re.compile(r"/([23])d/c(\d+)/net-sparse-[a-z]+-(\w+)/metrics\.csv$")
+_TRAIN_RUN = re.compile(r"([23])d/net-sparse-[a-z]+-([a-z_]+)/metrics\.csv$")
 
 
-def training_costs(train_metrics: list[str | Path]) -> dict[tuple[int, int, str], dict]:
-    """(dims, concentration, variant) -> training seconds (sum over epochs) and best validation Dice,
-    from the ``metrics.csv`` that `ulm train` writes in ``.../<d>d/c<c>/net-sparse-<method>-<variant>/``."""
+def training_costs(train_metrics: list[str | Path]) -> dict[tuple[int, str], dict]:
+    """(dims, variant) -> training seconds (sum over epochs) and best validation Dice, from the
+    ``metrics.csv`` that `ulm train` writes in ``.../<d>d/net-sparse-<method>-<variant>/`` (one network
+    per dimension, scored at every concentration)."""
     costs = {}
     for path in map(Path, train_metrics):
         match = _TRAIN_RUN.search(path.as_posix())
         if not match:
-            raise UlmError(f"training log {path}: expected .../<d>d/c<c>/net-sparse-<method>-<variant>/metrics.csv")
+            raise UlmError(f"training log {path}: expected .../<d>d/net-sparse-<method>-<variant>/metrics.csv")
         with open(path, newline="") as fh:
             epochs = list(csv.DictReader(fh))
-        costs[int(match[1]), int(match[2]), match[3]] = {
+        dice = [float(e["val_dice"]) for e in epochs if float(e["val_dice"]) == float(e["val_dice"])]  # NaN: cascaded stage
+        costs[int(match[1]), match[2]] = {
             "train_seconds": round(sum(float(e["seconds"]) for e in epochs), 1),
-            "best_val_dice": max(float(e["val_dice"]) for e in epochs),
+            "best_val_dice": max(dice, default=float("nan")),
         }
     return costs
 
 
 def ablation_table(metrics_paths: list[str | Path], out_csv: str | Path, train_metrics: list[str | Path] = ()) -> list[dict]:
-    """Dice on the test data of the sparse network's ablations at each run that has them (the highest
-    concentration), next to the full training and conventional ULM; with ``train_metrics`` (the
+    """Dice on the test data of the sparse network's ablations at every run (each network is trained
+    once per dimension and scored at every concentration), next to the full training and conventional ULM; with ``train_metrics`` (the
     networks' training logs) also their training time (s) and best validation Dice. Columns: dims,
     concentration, variant, change, dice, dice_minus_full, train_seconds, best_val_dice."""
     costs = training_costs(list(train_metrics))
@@ -111,7 +113,7 @@ def ablation_table(metrics_paths: list[str | Path], out_csv: str | Path, train_m
             delta = value - full if full is not None else None
             rows.append({"dims": m["dims"], "concentration": m["concentration"], "variant": variant,
                          "change": ABLATION_CHANGE[variant], "dice": value, "dice_minus_full": delta,
-                         **costs.get((m["dims"], m["concentration"], variant), {})})  # fmt: skip
+                         **costs.get((m["dims"], variant), {})})  # fmt: skip
         if "conventional" in dice:
             rows.append({"dims": m["dims"], "concentration": m["concentration"], "variant": "conventional",
                          "change": "conventional ULM", "dice": dice["conventional"], "dice_minus_full": None})  # fmt: skip

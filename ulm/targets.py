@@ -2,7 +2,8 @@
 
 Each bubble's path between consecutive frames is a straight segment; every fine pixel the segment
 crosses is marked (a 3D digital-differential-analyser traversal, Amanatides & Woo 1987), time
-collapsed over the block. Blocks and tiles are those of the sparse store (same tiling of iq.zarr).
+collapsed over the block (``sparse.target: paths``); or, as the reference implementation, only the
+fine pixel of each bubble's position in each frame (``positions``). Blocks and tiles are those of the sparse store (same tiling of iq.zarr).
 """
 
 from __future__ import annotations
@@ -99,7 +100,10 @@ def make_targets(tracks_path: str | Path, iq_path: str | Path, out_path: str | P
             idx = continuous_index(pos[keep], origin, spacing)
             if dims == 2:
                 idx = np.column_stack([idx[:, 0], np.zeros(len(idx)), idx[:, 1]])
-            starts, ends = segments(idx, rel[keep], bubble[keep])
+            if cfg["target"] == "positions":  # the reference's: each frame's MB positions, rounded on the fine grid
+                starts = ends = idx
+            else:
+                starts, ends = segments(idx, rel[keep], bubble[keep])
             for tile in tiling.tiles_of(t0):
                 shift = np.zeros(3)
                 shift[[0, 2] if dims == 2 else [0, 1, 2]] = f * tile[1:]

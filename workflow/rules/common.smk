@@ -52,7 +52,8 @@ def section(name, drop=(), keep=None):
 
 SPLITS = ("train", "test")  # networks train on `train`; every method is scored on `test` (another graph or region)
 METHOD = config["sparse"]["methods"][0]  # the networks train on the first sparsification method
-TOP_C = max(config["concentrations"])  # the ablation grid runs at the highest concentration
+TOP_C = max(config["concentrations"])  # the ablation table reads the highest concentration
+TRAIN_C = config["train"]["concentrations"] or config["concentrations"]  # the one network per dimension trains on these
 VARIANTS = ["full"] + list(config["train"]["ablations"])
 
 
@@ -83,13 +84,12 @@ def graph_section(split):
     return json.dumps(graph, sort_keys=True)
 
 
-def net_dirs(dims, c, split="test"):
-    """Map name -> network folder of every network scored at (dims, c): each model, and the ablations
-    of the sparse one at the highest concentration."""
-    base = f"{RESULTS}/{split}/{dims}d/c{c}"
+def net_dirs(dims, c):
+    """Map name -> test folder of every network scored at (dims, c): each model, and the ablations of the
+    sparse one (each trained once per dimension, scored at every concentration)."""
+    base = f"{RESULTS}/test/{dims}d/c{c}"
     nets = {network_map_name(m): f"{base}/net-{m}-{METHOD}-full" for m in config["train"]["models"]}
-    if int(c) == TOP_C:
-        nets.update({network_map_name("sparse", v): f"{base}/net-sparse-{METHOD}-{v}" for v in VARIANTS[1:]})
+    nets.update({network_map_name("sparse", v): f"{base}/net-sparse-{METHOD}-{v}" for v in VARIANTS[1:]})
     return nets
 
 

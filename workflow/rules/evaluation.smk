@@ -99,7 +99,7 @@ rule summary:
         metrics=expand(f"{RESULTS}/test/{{dims}}d/c{{c}}/metrics.json", dims=config["dims"], c=config["concentrations"]),
         tradeoff=expand(f"{RESULTS}/test/{{dims}}d/c{{c}}/sparse-{{m}}.csv", dims=config["dims"], c=config["concentrations"],
                         m=config["sparse"]["methods"]),  # fmt: skip
-        train=expand(f"{RESULTS}/train/{{dims}}d/c{TOP_C}/net-sparse-{METHOD}-{{v}}/metrics.csv", dims=config["dims"],
+        train=expand(f"{RESULTS}/train/{{dims}}d/net-sparse-{METHOD}-{{v}}/metrics.csv", dims=config["dims"],
                      v=VARIANTS if len(VARIANTS) > 1 else []),  # fmt: skip
     output:
         table=report(f"{RESULTS}/metrics.csv", caption="../report/metrics.rst", category="Metrics"),
@@ -129,7 +129,6 @@ rule memory:
         code=code("nn"),
         bench=workflow.source_path("../../benchmarks/memory.py"),
         dims=" ".join(map(str, config["dims"])),
-        kernel=config["memory"]["kernel"],
         quick="--quick --no-rss-check" if config["memory"]["quick"] else "",
     log:
         f"{LOGS}/memory.log",
@@ -142,5 +141,5 @@ rule memory:
         mem_mb=4000 if config["memory"]["quick"] else 16000,
         runtime=60,
     shell:
-        "{PYTHON} {params.bench:q} {params.quick} --dims {params.dims} --kernel {params.kernel} --threads {threads}"
+        "{PYTHON} {params.bench:q} {params.quick} --dims {params.dims} --threads {threads}"
         " --out {RESULTS}/memory > {log} 2>&1"

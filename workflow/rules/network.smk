@@ -1,9 +1,11 @@
-# The super-resolution networks: train on the training split (sparse store + targets), then predict
-# every block of the test split. Variants: full (the `train` section as given) and the ablations.
+# The super-resolution networks, as the reference's experiment: per dimension ONE network (per model and
+# variant) trained on the training split at the training concentrations (train.concentrations, default all
+# of the grid, mixed), then run on every block of the test split at every concentration. Variants: full (the
+# `train` section as given) and the ablations.
 
 from ulm.config import ABLATIONS
 
-NET = "{dims}d/c{c}/net-{model}-{method}-{variant}"
+NET = "{dims}d/net-{model}-{method}-{variant}"  # one network per dimension, model, method and variant
 DEVICE = config["train"]["device"]  # not a param: the device does not change the result
 # variant -> its changes to the `train` section (full: as configured; the ablations: ulm.config.ABLATIONS)
 ABLATION = {"full": "", **{v: " ".join(f"--set train.{k}={json.dumps(x)}" for k, x in c.items()) for v, c in ABLATIONS.items()}}
@@ -16,11 +18,25 @@ def train_params():
     return section("train", drop=("models", "model", "device", "num_workers", "threads", "resume", "gpus", "ablations"))
 
 
+def training_stores(w):
+    """sparse, target and iq stores of every training concentration, in order."""
+    runs = [f"{RESULTS}/train/{w.dims}d/c{c}" for c in TRAIN_C]
+    return {
+        "sparse": [f"{r}/sparse-{w.method}.zarr" for r in runs],
+        "target": [f"{r}/target.zarr" for r in runs],
+        "iq": [f"{r}/iq.zarr" for r in runs],
+    }
+
+
+def train_args(w, input):
+    """--iq each store, then the SPARSE TARGET pairs."""
+    pairs = " ".join(f"{s} {t}" for s, t in zip(input.sparse, input.target))
+    return " ".join(f"--iq {iq}" for iq in input.iq) + " " + pairs
+
+
 rule train:
     input:
-        sparse=f"{RESULTS}/train/{{dims}}d/c{{c}}/sparse-{{method}}.zarr",
-        target=f"{RESULTS}/train/{{dims}}d/c{{c}}/target.zarr",
-        iq=f"{RESULTS}/train/{{dims}}d/c{{c}}/iq.zarr",
+        unpack(training_stores),
     output:
         model=f"{RESULTS}/train/{NET}/model.pt",
         metrics=f"{RESULTS}/train/{NET}/metrics.csv",
@@ -30,6 +46,7 @@ rule train:
         cfg=train_params(),
         seed=config["seed"],
         ablation=lambda w: ABLATION[w.variant],
+        stores=train_args,
     wildcard_constraints:
         **NET_WILDCARDS,
     log:
@@ -45,7 +62,7 @@ rule train:
         gpu=config["train"]["gpus"],
     shell:
         "{ULM} train --quiet --set seed={params.seed} --set train={params.cfg:q} --set train.model={wildcards.model}"
-        " {params.ablation} --set train.device={DEVICE} --iq {input.iq} {input.sparse} {input.target} {output.model} > {log} 2>&1"
+        " {params.ablation} --set train.device={DEVICE} {params.stores} {output.model} > {log} 2>&1"
 
 
 rule infer:
@@ -54,15 +71,15 @@ rule infer:
         sparse=f"{RESULTS}/test/{{dims}}d/c{{c}}/sparse-{{method}}.zarr",
         iq=f"{RESULTS}/test/{{dims}}d/c{{c}}/iq.zarr",
     output:
-        directory(f"{RESULTS}/test/{NET}/pred.zarr"),
+        directory(f"{RESULTS}/test/{{dims}}d/c{{c}}/net-{{model}}-{{method}}-{{variant}}/pred.zarr"),
     params:
         code=code("infer.py", "nn", "dataset.py"),
     wildcard_constraints:
         **NET_WILDCARDS,
     log:
-        f"{LOGS}/test/{NET}-infer.log",
+        f"{LOGS}/test/{{dims}}d/c{{c}}/net-{{model}}-{{method}}-{{variant}}-infer.log",
     benchmark:
-        f"{LOGS}/bench/infer/test/{NET}-infer.tsv",
+        f"{LOGS}/bench/infer/test/{{dims}}d/c{{c}}/net-{{model}}-{{method}}-{{variant}}-infer.tsv",
     conda:
         "../../envs/nn.yaml"
     threads: config["train"]["threads"]

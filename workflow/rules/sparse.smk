@@ -80,7 +80,7 @@ rule targets:
         directory(f"{RESULTS}/train/{{dims}}d/c{{c}}/target.zarr"),
     params:
         code=code("targets.py", "sparse.py", "imaging.py"),
-        cfg=section("sparse", keep=("block_frames", "tile_px", "tile_overlap_px", "factor")),
+        cfg=section("sparse", keep=("block_frames", "tile_px", "tile_overlap_px", "factor", "target")),
     wildcard_constraints:
         dims="[23]",
         c=r"\d+",
