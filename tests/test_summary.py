@@ -44,7 +44,7 @@ def test_ablation_table_compares_each_variant_with_the_full_training(grid, tmp_p
     by_variant = {r["variant"]: r for r in rows}
     assert set(by_variant) == {"full", "pruning", "cascaded", "conventional"}  # only the run with ablations
     assert by_variant["pruning"]["dice_minus_full"] == pytest.approx(-0.03)
-    assert by_variant["cascaded"]["change"] == "train.cascaded = true"
+    assert by_variant["cascaded"]["change"] == "train.cascaded = true, train.prune = true"
     assert {r["concentration"] for r in rows} == {20}
 
 

@@ -16,11 +16,11 @@ from ulm.cli import main
 from ulm.config import load_config
 from ulm.flow import solve_flow
 from ulm.forward.simulate import simulate_iq
+from ulm.nn import schedule
+from ulm.nn.spec import NetSpec
 from ulm.sparse import sparsify_iq
 from ulm.store import CooStore, CooWriter
 from ulm.targets import make_targets
-from ulm.nn import schedule
-from ulm.nn.spec import NetSpec
 from ulm.train import train
 from ulm.vascular import build_graph
 
@@ -46,7 +46,6 @@ def run_train(stores, folder, **overrides):
     return train(
         root / "sparse.zarr", root / "target.zarr", folder / "model.pt", tcfg, seed=5, iq_paths=[root / "iq.zarr"], progress=False
     )
-
 
 
 def test_best_checkpoint_is_the_best_epoch_and_the_schedule_steps_once(stores, tmp_path):
@@ -217,8 +216,8 @@ def test_store_with_wrong_channels_or_block_sizes_is_rejected(stores, tmp_path, 
         with CooWriter(tmp_path / name, 3, 2 if name == "odd.zarr" else 1, {**odd, "factor": 8}) as w:
             for origin in sparse.origin[:4]:
                 w.append(np.zeros((1, 3)), np.zeros((1, 2 if name == "odd.zarr" else 1)), origin)
-    _one_line_error(capsys, ["train", "--quiet", tmp_path / "odd.zarr", tmp_path / "odd-target.zarr", tmp_path / "m" / "model.pt"],
-                    "multiple of 128")  # fmt: skip
+    argv = ["train", "--quiet", tmp_path / "odd.zarr", tmp_path / "odd-target.zarr", tmp_path / "m" / "model.pt"]
+    _one_line_error(capsys, argv, "multiple of 128")
     assert not (tmp_path / "m").exists() and not (tmp_path / "p.zarr").exists()
 
 

@@ -202,7 +202,7 @@ STAGES = {
     "sparsify": (cmd_sparsify, ["iq", "output"], "sparse COO blocks: iq.zarr -> sparse.zarr"),
     "mask": (cmd_mask, ["iq", "tracks", "output"], "train the learned sparsification mask: iq.zarr tracks.zarr -> mask.pt"),
     "targets": (cmd_targets, ["tracks", "iq", "output"], "8x ground-truth passage maps: tracks.zarr iq.zarr -> target.zarr"),
-    "train": (cmd_train, ["stores", "output"], "train one network: sparse.zarr target.zarr [sparse.zarr target.zarr ...] -> model.pt"),
+    "train": (cmd_train, ["stores", "output"], "train one network: sparse.zarr target.zarr [...] -> model.pt"),
     "infer": (cmd_infer, ["checkpoint", "sparse", "output"], "super-resolve every block: model.pt sparse.zarr -> pred.zarr"),
     "conventional": (cmd_conventional, ["iq", "output"], "conventional ULM, localize + track: iq.zarr -> localizations.zarr"),
     "render": (cmd_render, ["tracks", "iq", "output"], "density maps on the 8x grid: tracks.zarr iq.zarr -> density/"),

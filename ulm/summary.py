@@ -97,8 +97,9 @@ def training_costs(train_metrics: list[str | Path]) -> dict[tuple[int, str], dic
 
 def ablation_table(metrics_paths: list[str | Path], out_csv: str | Path, train_metrics: list[str | Path] = ()) -> list[dict]:
     """Dice on the test data of the sparse network's ablations at every run (each network is trained
-    once per dimension and scored at every concentration), next to the full training and conventional ULM; with ``train_metrics`` (the
-    networks' training logs) also their training time (s) and best validation Dice. Columns: dims,
+    once per dimension and scored at every concentration), next to the full training and conventional ULM;
+    with ``train_metrics`` (the networks' training logs) also their training time (s) and best validation
+    Dice. Columns: dims,
     concentration, variant, change, dice, dice_minus_full, train_seconds, best_val_dice."""
     costs = training_costs(list(train_metrics))
     rows = []

@@ -3,7 +3,8 @@
 Each bubble's path between consecutive frames is a straight segment; every fine pixel the segment
 crosses is marked (a 3D digital-differential-analyser traversal, Amanatides & Woo 1987), time
 collapsed over the block (``sparse.target: paths``); or, as the reference implementation, only the
-fine pixel of each bubble's position in each frame (``positions``). Blocks and tiles are those of the sparse store (same tiling of iq.zarr).
+fine pixel of each bubble's position in each frame (``positions``). Blocks and tiles are those of the
+sparse store (same tiling of iq.zarr).
 """
 
 from __future__ import annotations

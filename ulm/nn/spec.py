@@ -44,7 +44,7 @@ class NetSpec:
         if self.dims not in (2, 3):
             raise UlmError(f"network dims must be 2 or 3, got {self.dims}")
         if self.width < 2 or self.width % self.in_channels:
-            raise UlmError(f"network width must be a multiple of {self.in_channels} (input repeated over channels), got {self.width}")
+            raise UlmError(f"network width must be a multiple of {self.in_channels} (the input is repeated), got {self.width}")
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -68,7 +68,7 @@ class NetSpec:
         """The (T, *space) the network runs on: tiles zero-padded to a multiple of 4 px; the frames
         must already be a multiple of 128 (one clear error otherwise)."""
         if len(block_shape) != self.dims + 1:
-            raise UlmError(f"blocks of shape {tuple(block_shape)}, but the network is {self.dims}D+t (expected {self.dims + 1} axes)")
+            raise UlmError(f"blocks of shape {tuple(block_shape)}, but the network is {self.dims}D+t ({self.dims + 1} axes)")
         t = int(block_shape[0])
         if t < TIME_MULTIPLE or t % TIME_MULTIPLE:
             raise UlmError(

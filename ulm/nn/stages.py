@@ -6,10 +6,10 @@ Channels for base width w (16 in the reference); grids for a 512-frame, 32-px bl
 |---|---|---|---|
 | InputTransition | conv k5 + BN, + input repeated over channels, ELU | w | 512, 32 |
 | DownTransition x2 | k1 conv (x2 channels) + BN + ELU, max-pool (4, 2), 3 LUConv + residual | 2w, 4w | 128, 16; 32, 8 |
-| UpTransition 1 | transposed (1, 2) onto the skip's sites, conv k3 + BN + ELU, concat skip pooled in time by 4, 3 LUConv + residual | 4w | 32, 16 |
+| UpTransition 1 | transposed (1, 2) onto the skip's sites, conv k3, concat skip (time / 4), 3 LUConv + res. | 4w | 32, 16 |
 | UpTransition 2 | the same, skip pooled in time by 16 | 2w | 32, 32 |
 | Transition (1) | k1 conv + BN + ELU, max-pool time by 8, 2 LUConv + residual | w | 4, 32 |
-| HRTransition x3 | [classifier k3 + sigmoid, pruning], transposed (1, 2) + BN + ELU, 3 LUConv + residual | w | 4, 64 / 128 / 256 |
+| HRTransition x3 | [classifier k3, pruning], transposed (1, 2) + BN + ELU, 3 LUConv + residual | w | 4, 64 / 128 / 256 |
 | Transition (2) | k1 conv + BN + ELU, max-pool all remaining time, 2 LUConv + residual | w | 1, 256 |
 | OutputTransition | conv k3 (w/2) + BN + ELU, 2 LUConv, ELU, k1 conv -> 1 logit | 1 | 1, 256 |
 """
@@ -21,7 +21,22 @@ from spconv.core import ConvAlgo
 from torch import nn
 
 from ulm.nn.dense_ops import Dense
-from ulm.nn.layers import Conv, ConvNormELU, LUConvs, Norm, Pointwise, Tensor, Transposed, add, cat, elu, features, grid_shape, ops, values
+from ulm.nn.layers import (
+    Conv,
+    ConvNormELU,
+    LUConvs,
+    Norm,
+    Pointwise,
+    Tensor,
+    Transposed,
+    add,
+    cat,
+    elu,
+    features,
+    grid_shape,
+    ops,
+    values,
+)
 from ulm.nn.spec import DOWN_POOL, INPUT_KERNEL
 
 
