@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from test_workflow import planned_jobs  # rule -> job count of a dry run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,3 +79,25 @@ def test_tiny_preset_runs_the_whole_grid_and_its_report(tmp_path):
     result = snakemake(tmp_path, "--config", "preset=tiny")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     check_tiny_run(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("preset", "expected"),
+    [
+        ("paper-2d", {"width": 16, "prune": False, "deep_supervision": False, "cascaded": False, "lr": 0.1, "epochs": 150,
+                      "phase2_epochs": 150, "phase2_lr_factor": 0.01, "dilate_first_phase": True, "batch_size": 8,
+                      "lr_milestones": [15, 45, 75, 100, 160, 200, 250], "lr_gamma": 0.1}),
+        ("paper-3d", {"width": 16, "prune": False, "deep_supervision": False, "cascaded": False, "lr": 0.05, "epochs": 20,
+                      "phase2_epochs": 0, "dilate_first_phase": False, "batch_size": 2, "lr_milestones": [15, 17],
+                      "lr_gamma": 0.1}),
+    ],
+)  # fmt: skip
+def test_paper_presets_train_the_reference_headline_network_with_its_schedule(preset, expected):
+    """The presets lay over config.yaml (whose demo trains another variant): nothing of it may leak in."""
+    from ulm.config import apply_preset, validate_config
+
+    cfg = yaml.safe_load((ROOT / "config.yaml").read_text()) | {"preset": preset}
+    cfg = validate_config(apply_preset(cfg, ROOT))
+    assert {k: cfg["train"][k] for k in expected} == expected
+    assert cfg["sparse"]["target"] == "positions" and cfg["sparse"]["block_frames"] == 512 and cfg["sparse"]["tile_px"] == 32
+    assert cfg["train"]["concentrations"] is None  # one network on the mixed concentrations
