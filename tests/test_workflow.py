@@ -90,7 +90,8 @@ RERUN_CASES = [
     ({"graph": {"test_crop_um": [0, 1e4, 0, 1e4, 0, 1e4]}}, {**TEST_ONLY, "all": 1}),
     ({"bubbles": {"n_frames": 300, "chunk_frames": 64}}, {**GROUND_TRUTH, "all": 1}),
     ({"seed": 4}, {**GROUND_TRUTH, "all": 1}),
-    ({"concentrations": [3, 5]}, {**GROUND_TRUTH, "all": 1}),
+    # one network trained on both concentrations, inferred and scored at each
+    ({"concentrations": [3, 5]}, {**GROUND_TRUTH, "infer": 2, "render": 2, "metrics": 2, "all": 1}),
     ({"forward": {"snr_db": 20.0}}, {**IMAGING, "all": 1}),
     ({"forward": {"workers": 1}}, {}),
     ({"forward": {"dask_scheduler": "tcp://127.0.0.1:8786"}}, {}),  # where the frames are computed does not change them
@@ -100,9 +101,9 @@ RERUN_CASES = [
     ({"sparse": {"block_frames": 128, "topk_k": 500}}, {"sparsify": 2, "summary": 1, "all": 1}),
     ({"sparse": {"block_frames": 128, "factor": 4}}, {"targets": 1, **NETWORK, "all": 1}),
     ({"sparse": {"block_frames": 256}}, {"sparsify": 4, "targets": 1, **NETWORK, "all": 1}),
-    ({"train": {"epochs": 2}}, {**NETWORK, "all": 1}),
-    ({"train": {"epochs": 1, "device": "cpu", "threads": 1}}, {}),
-    ({"train": {"epochs": 1, "ablations": ["pruning"]}}, {**NETWORK, "all": 1}),
+    ({"train": {"epochs": 2, "width": 4}}, {**NETWORK, "all": 1}),
+    ({"train": {"epochs": 1, "width": 4, "device": "cpu", "threads": 1}}, {}),
+    ({"train": {"epochs": 1, "width": 4, "ablations": ["pruning"]}}, {**NETWORK, "all": 1}),
     ({"conventional": {"max_gap_frames": 1}}, {"conventional": 1, **EVALUATION, "all": 1}),
     ({"render": {"gamma": 1.0}}, {**EVALUATION, "all": 1}),
     ({"metrics": {"frc_split": "frames"}}, {"metrics": 1, "summary": 1, "all": 1}),
