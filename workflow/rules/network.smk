@@ -13,27 +13,6 @@ NET_WILDCARDS = {"dims": "[23]", "c": r"\d+", "model": "sparse|dense", "method":
                  "variant": "|".join(ABLATION)}  # fmt: skip
 
 
-def train_params():
-    """Train keys that change the model (device, workers, resume and the grid do not)."""
-    return section("train", drop=("models", "model", "device", "num_workers", "threads", "resume", "gpus", "ablations"))
-
-
-def training_stores(w):
-    """sparse, target and iq stores of every training concentration, in order."""
-    runs = [f"{RESULTS}/train/{w.dims}d/c{c}" for c in TRAIN_C]
-    return {
-        "sparse": [f"{r}/sparse-{w.method}.zarr" for r in runs],
-        "target": [f"{r}/target.zarr" for r in runs],
-        "iq": [f"{r}/iq.zarr" for r in runs],
-    }
-
-
-def train_args(w, input):
-    """--iq each store, then the SPARSE TARGET pairs."""
-    pairs = " ".join(f"{s} {t}" for s, t in zip(input.sparse, input.target))
-    return " ".join(f"--iq {iq}" for iq in input.iq) + " " + pairs
-
-
 rule train:
     input:
         unpack(training_stores),
