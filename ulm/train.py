@@ -65,8 +65,9 @@ class Inputs:
     device: torch.device
     dense: list[DenseBlocks] | None = None
 
-    def run(self, net: ULMNet, batch: dict, phase: int, dilated: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Loss, and (at the whole network's phase) the binarised prediction's (M, 1 + D) sites."""
+    def run(self, net: ULMNet, batch: dict, phase: int, dilated: bool = False,
+            predict: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:  # fmt: skip
+        """Loss, and with ``predict`` (at the whole network's phase) the binarised prediction's (M, 1 + D) sites."""
         target = batch["target_indices"].to(self.device).long()
         if self.model == "dense":
             x = torch.stack([self.dense[int(s)][int(b)] for s, b in zip(batch["store"], batch["block"], strict=True)])
@@ -78,7 +79,7 @@ class Inputs:
                                         list(self.padded), batch["batch_size"])  # fmt: skip
             levels = net(x, phase=phase)
         loss = network_loss(levels, target, self.spec, phase, dilated)
-        pred = prediction(levels[-1])[0] if phase == N_HR_STAGES else None
+        pred = prediction(levels[-1])[0] if predict and phase == N_HR_STAGES else None
         return loss, pred
 
 
@@ -271,7 +272,7 @@ def _validate(net: ULMNet, loader: DataLoader, inputs: Inputs, net_phase: int) -
     net.eval()
     losses, counts = [], np.zeros(3, np.int64)
     for batch in loader:
-        loss, pred = inputs.run(net, batch, net_phase)
+        loss, pred = inputs.run(net, batch, net_phase, predict=True)
         losses.append(loss.item())
         if pred is not None:
             counts += dice_counts(pred, batch["target_indices"])

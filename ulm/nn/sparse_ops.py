@@ -40,10 +40,15 @@ def max_pool(x: spconv.SparseConvTensor, stride: tuple[int, ...]) -> spconv.Spar
     stride_t = torch.as_tensor(stride, device=x.indices.device)
     shape = tuple(int(n) // s for n, s in zip(x.spatial_shape, stride, strict=True))
     coarse = torch.cat([x.indices[:, :1].long(), x.indices[:, 1:].long() // stride_t], dim=1)
-    keys, inverse = torch.unique(encode(coarse, shape), return_inverse=True)
-    feats = x.features.new_full((len(keys), x.features.shape[1]), float("-inf"))
-    feats = feats.scatter_reduce(0, inverse[:, None].expand(-1, feats.shape[1]), x.features, "amax", include_self=True)
+    keys, feats = _max_by_key(encode(coarse, shape), x.features)
     return new(x, feats, decode(keys, shape).to(x.indices.device), shape)
+
+
+def _max_by_key(keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The unique ``keys`` (sorted) and, per key, the maximum of the rows of ``values`` (N, C) having it."""
+    unique, inverse = torch.unique(keys, return_inverse=True)
+    out = values.new_full((len(unique), values.shape[1]), float("-inf"))
+    return unique, out.scatter_reduce(0, inverse[:, None].expand(-1, values.shape[1]), values, "amax", include_self=True)
 
 
 def _offsets(stride: tuple[int, ...], device) -> torch.Tensor:
@@ -102,7 +107,5 @@ def spatial_max(x: spconv.SparseConvTensor) -> tuple[torch.Tensor, torch.Tensor]
     """Max of a one-channel tensor over time: (M, 1 + d) (batch, *space) indices and (M,) values."""
     shape = tuple(int(n) for n in x.spatial_shape[1:])
     sites = torch.cat([x.indices[:, :1], x.indices[:, 2:]], dim=1)
-    keys, inverse = torch.unique(encode(sites, shape), return_inverse=True)
-    values = x.features.new_full((len(keys),), float("-inf"))
-    values = values.scatter_reduce(0, inverse, x.features[:, 0], "amax", include_self=True)
-    return decode(keys, shape).to(x.indices.device), values
+    keys, values = _max_by_key(encode(sites, shape), x.features[:, :1])
+    return decode(keys, shape).to(x.indices.device), values[:, 0]
