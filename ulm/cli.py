@@ -166,7 +166,8 @@ def cmd_render(args: argparse.Namespace, cfg: dict) -> None:
     for item in args.pred:
         name, sep, path = item.rpartition("=")
         preds[name if sep else "network"] = Path(path)
-    render_all(args.tracks, args.iq, args.output, cfg, loc_path=args.localizations, pred_path=preds, progress=not args.quiet)
+    render_all(args.tracks, args.iq, args.output, cfg, loc_path=args.localizations, pred_path=preds, progress=not args.quiet,
+               input_path=args.input)  # fmt: skip
 
 
 def cmd_metrics(args: argparse.Namespace, cfg: dict) -> None:
@@ -194,6 +195,30 @@ def cmd_summary(args: argparse.Namespace, cfg: dict) -> None:
         summary.plot_tradeoff(args.tradeoff, args.tradeoff_plot)
 
 
+def cmd_claims(args: argparse.Namespace, cfg: dict) -> None:
+    from ulm import claims, claims_figures
+
+    runs = claims.read_runs(args.metrics)
+    memory = json.loads(Path(args.memory).read_text()) if args.memory else None
+    kept = claims.read_kept(args.kept)
+    rows = claims.claims_table(runs, memory, kept, args.headline_input)
+    claims.write_claims(rows, args.output)
+    if args.dice_kept_plot:
+        claims_figures.plot_dice_vs_kept(runs, kept, args.headline_input, args.dice_kept_plot)
+    if args.ablation_plot:
+        claims_figures.plot_ablation(runs, args.ablation_plot)
+    if args.maps_plot:
+        dirs = {}
+        for folder in map(Path, args.density):
+            dims, conc = folder.parent.parent.name, folder.parent.name  # <d>d/c<c>/density
+            if not (dims[:-1].isdigit() and conc[1:].isdigit()):
+                raise UlmError(f"density folder {folder}: expected .../<d>d/c<c>/density")
+            dirs[int(dims[:-1]), int(conc[1:])] = folder
+        claims_figures.plot_maps(dirs, args.maps_plot, cfg["render"]["gamma"])
+    for row in rows:
+        print(f"claim {row['claim']} ({row['dims']}D): {row['verdict']}: {row['statement']}", file=sys.stderr)
+
+
 STAGES = {
     "graph": (cmd_graph, ["source", "output"], "read/generate and clean a vascular graph -> graph.zarr"),
     "flow": (cmd_flow, ["graph", "output"], "Poiseuille network flow: graph.zarr -> flow.zarr"),
@@ -212,6 +237,7 @@ STAGES = {
         "scores against the ground truth: tracks.zarr density/ -> metrics.json",
     ),
     "summary": (cmd_summary, ["output"], "gather metrics.json files into one CSV"),
+    "claims": (cmd_claims, ["output"], "check the paper's claims on a run: metrics.json ... -> claims.csv"),
 }
 HELP = {
     "source": "graph file (.mat, .swc, .graphml), bundled:NAME or synthetic",
@@ -246,6 +272,7 @@ def parser() -> argparse.ArgumentParser:
         if name == "render":
             p.add_argument("--pred", action="append", default=[], metavar="[NAME=]PRED",
                            help="pred.zarr of a network (repeat for several; NAME labels its map, default network)")  # fmt: skip
+            p.add_argument("--input", type=Path, help="the networks' sparse.zarr input: also render the trivial predictor")
         if name == "metrics":
             p.add_argument("--label", default="", help="a name for this run in the summary (e.g. 2d/c10)")
         if name == "summary":
@@ -256,6 +283,15 @@ def parser() -> argparse.ArgumentParser:
                            help="metrics.csv training logs of the ablation networks (time and validation Dice)")  # fmt: skip
             p.add_argument("--tradeoff", type=Path, nargs="+", default=[], help="sparse-<method>.csv trade-off tables")
             p.add_argument("--tradeoff-plot", type=Path, help="plot the --tradeoff tables here (PNG)")
+        if name == "claims":
+            p.add_argument("metrics", type=Path, nargs="+", help="metrics.json of every test run")
+            p.add_argument("--memory", type=Path, help="memory.json of the memory study (claims 1b, 2a, 2b)")
+            p.add_argument("--kept", type=Path, nargs="+", default=[], help="test sparse-<input>.csv tables (kept fractions)")
+            p.add_argument("--headline-input", default="threshold", help="sparsification the headline networks train on")
+            p.add_argument("--dice-kept-plot", type=Path, help="plot Dice against the fraction of sites kept here (PNG)")
+            p.add_argument("--ablation-plot", type=Path, help="plot the ablation bars here (PNG)")
+            p.add_argument("--maps-plot", type=Path, help="plot the density maps of the --density folders side by side here")
+            p.add_argument("--density", type=Path, nargs="+", default=[], help="density/ folders for --maps-plot")
         if name == "train":
             p.add_argument("--iq", type=Path, action="append", default=[],
                            help="iq.zarr of each sparse store, in order (needed by the dense baseline)")  # fmt: skip
@@ -276,7 +312,8 @@ def main(argv: list[str] | None = None) -> int:
     func = STAGES[args.stage][0]
     try:
         cfg = load_config(args.config, args.overrides)
-        extra = [getattr(args, name, None) for name in ("plot", "csv", "dice_plot", "ablation", "tradeoff_plot")]
+        extra = [getattr(args, name, None) for name in ("plot", "csv", "dice_plot", "ablation", "tradeoff_plot", "dice_kept_plot",
+                                                         "ablation_plot", "maps_plot")]  # fmt: skip
         with all_or_nothing(args.output, *extra):
             func(args, cfg)
     except UlmError as exc:

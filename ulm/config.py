@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import hashlib
+import re
 from functools import cache
 from importlib import resources
 from pathlib import Path
@@ -77,6 +78,20 @@ def validate_config(cfg: dict) -> dict:
     errors = sorted(validator.iter_errors(out), key=lambda e: (len(e.absolute_path), str(e.absolute_path)))
     if errors:
         raise UlmError(_describe(errors[0]))
+    if out["overrides_3d"]:
+        three_d = for_dims(out, 3)
+        errors = sorted(validator.iter_errors(three_d), key=lambda e: (len(e.absolute_path), str(e.absolute_path)))
+        if errors:
+            raise UlmError(_describe(errors[0]).replace("config key ", "config key overrides_3d.", 1))
+    return out
+
+
+def for_dims(cfg: dict, dims: int) -> dict:
+    """The config as a run of ``dims`` sees it: in 3D, ``overrides_3d`` laid over its sections."""
+    out = copy.deepcopy(cfg)
+    if int(dims) == 3:
+        for name, values in cfg.get("overrides_3d", {}).items():
+            out[name] = {**out[name], **values}
     return out
 
 
@@ -159,11 +174,35 @@ ABLATIONS = {
 }
 
 
-def network_map_name(model: str, variant: str = "full") -> str:
+def network_map_name(model: str, variant: str = "full", method: str | None = None) -> str:
     """Name of a network's density map: ``network_<model>_cnn`` for the configured training,
-    ``network_<model>_<variant>_cnn`` for an ablation (map names must not start or end with a store kind
-    such as sparse: check_stores.py reads kinds from names)."""
-    return f"network_{model}_cnn" if variant == "full" else f"network_{model}_{variant}_cnn"
+    ``network_<model>_<variant>_cnn`` for an ablation, ``network_<model>_on-<method>_cnn`` for a network of
+    the sparsification sweep trained and scored on input ``method`` (e.g. ``topk``, ``threshold-0.05``).
+    Map names must not start or end with a store kind such as sparse: check_stores.py reads kinds from names."""
+    on = f"_on-{method}" if method else ""
+    return f"network_{model}{on}_cnn" if variant == "full" else f"network_{model}{on}_{variant}_cnn"
+
+
+_MAP_NAME = re.compile(r"^network_(?P<model>sparse|dense)(?:_on-(?P<method>[a-z]+(?:-[0-9.]+)?))?"
+                       r"(?:_(?P<variant>" + "|".join(ABLATIONS) + r"))?_cnn$")  # fmt: skip
+
+
+def parse_network_map_name(name: str) -> dict | None:
+    """The inverse of :func:`network_map_name`: {model, variant, method (None = the configured input)},
+    or None for a map that is not a network's (ground truth, conventional, trivial)."""
+    match = _MAP_NAME.match(name)
+    if not match:
+        return None
+    return {"model": match["model"], "variant": match["variant"] or "full", "method": match["method"]}
+
+
+def sweep_point(label: str) -> tuple[str, dict]:
+    """A sparsification label of train.sweep -> (method, the sparse keys it sets): ``threshold-0.05`` ->
+    (threshold, {tau: 0.05}); ``topk-2000`` -> (topk, {topk_k: 2000}); a bare method sets nothing."""
+    method, _, value = label.partition("-")
+    if not value:
+        return method, {}
+    return method, {"tau": float(value)} if method == "threshold" else {"topk_k": int(value)}
 
 
 def derive_seed(seed: int, *labels: object) -> int:

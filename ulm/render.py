@@ -41,7 +41,7 @@ from ulm.plots import _save  # noqa: E402
 from ulm.store import CooStore, Localizations, TracksReader, read_iq, read_localizations, write_density  # noqa: E402
 from ulm.targets import rasterize, segments  # noqa: E402
 
-GROUND_TRUTH, CONVENTIONAL, NETWORK = "ground_truth", "conventional", "network"
+GROUND_TRUTH, CONVENTIONAL, NETWORK, TRIVIAL = "ground_truth", "conventional", "network", "trivial"
 PASSAGES = "density = number of frame blocks in which a MB crossed the pixel"
 POINTS = "density = blocks with a passage (ground truth, network); localizations per pixel (conventional)"
 
@@ -98,19 +98,29 @@ def _passages(starts: np.ndarray, ends: np.ndarray, grid: FineGrid) -> np.ndarra
     return buf
 
 
+def _add_block(count: np.ndarray, passages: np.ndarray, blocks: list | None) -> None:
+    """Count one block's boolean passage map; with ``blocks``, also keep its marked pixels (flat indices,
+    the same in the (Z, X) map as in the (Z, 1, X) volume)."""
+    count += passages
+    if blocks is not None:
+        blocks.append(np.flatnonzero(passages))
+
+
 def _as_map(volume: np.ndarray, grid: FineGrid) -> np.ndarray:
     return (volume[:, 0, :] if grid.dims == 2 else volume).astype(np.float32)
 
 
 # ---------------------------------------------------------------------------------------- methods
 def density_from_tracks(tracks_path: str | Path, iq_path: str | Path, factor: int, block_frames: int,
-                        progress: bool = False) -> tuple[np.ndarray, FineGrid]:  # fmt: skip
+                        progress: bool = False, blocks: list | None = None) -> tuple[np.ndarray, FineGrid]:  # fmt: skip
     """Ground-truth density: number of blocks in which a bubble path crossed each fine pixel.
 
     Parameters
     ----------
     tracks_path : tracks.zarr; iq_path : iq.zarr (its grid, plane and slab); factor : fine-grid factor
         (``sparse.factor``); block_frames : frames per block (``sparse.block_frames``).
+
+    blocks : optional list; each block's marked pixels (flat indices into the map) are appended to it.
 
     Returns
     -------
@@ -126,8 +136,7 @@ def density_from_tracks(tracks_path: str | Path, iq_path: str | Path, factor: in
         pos, rel = tracks.frames(t0, t1)
         bubble = tracks.bubbles(int(tracks.frame_offsets[t0]), int(tracks.frame_offsets[t1]))
         keep = in_slab(pos, plane_y, slab)
-        if keep.any():  # blocks without a bubble in the slab add nothing
-            count += _passages(*segments(grid.volume_index(pos[keep]), rel[keep], bubble[keep]), grid)
+        _add_block(count, _passages(*segments(grid.volume_index(pos[keep]), rel[keep], bubble[keep]), grid), blocks)
     return _as_map(count, grid), grid
 
 
@@ -167,7 +176,7 @@ def _point_counts(index: np.ndarray, grid: FineGrid) -> np.ndarray:
 
 def density_from_localizations(loc: str | Path | Localizations, factor: int, block_frames: int, mode: str = "segments",
                                include_untracked: bool = True, interp_factor: int = 1, select: np.ndarray | None = None,
-                               progress: bool = False) -> tuple[np.ndarray, FineGrid]:  # fmt: skip
+                               progress: bool = False, blocks: list | None = None) -> tuple[np.ndarray, FineGrid]:  # fmt: skip
     """Conventional ULM density on the fine grid of the localizations' iq grid.
 
     Parameters
@@ -178,6 +187,7 @@ def density_from_localizations(loc: str | Path | Localizations, factor: int, blo
         fine pixel after ``interp_factor`` x linear interpolation of the tracks).
     include_untracked : draw localizations with track -1 (as points).
     select : optional (M,) bool mask of the localizations to draw (e.g. one half for the FRC).
+    blocks : optional list; in ``segments`` mode each block's marked pixels (flat indices) are appended.
 
     Returns
     -------
@@ -202,7 +212,7 @@ def density_from_localizations(loc: str | Path | Localizations, factor: int, blo
     for t0, t1 in tqdm(blocks, unit="block", desc="render conventional", disable=not progress):
         rows = (frame >= t0) & (frame < t1)
         starts, ends = track_segments(grid.volume_index(pos[rows]), frame[rows], track[rows], include_untracked)
-        count += _passages(starts, ends, grid)
+        _add_block(count, _passages(starts, ends, grid), blocks)
     return _as_map(count, grid), grid
 
 
@@ -218,7 +228,7 @@ def _coo_shape(store: CooStore) -> tuple[int, ...]:
 
 
 def density_from_coo(path: str | Path, kind: str = "pred", shape: tuple[int, ...] | None = None, threshold: float = 0.5,
-                     progress: bool = False) -> tuple[np.ndarray, FineGrid]:  # fmt: skip
+                     progress: bool = False, blocks: list | None = None) -> tuple[np.ndarray, FineGrid]:  # fmt: skip
     """Density of a fine-grid COO store (``pred.zarr`` / ``target.zarr``): sites with feats > ``threshold``,
     OR-ed over the tiles of each time block, counted over blocks.
 
@@ -226,6 +236,7 @@ def density_from_coo(path: str | Path, kind: str = "pred", shape: tuple[int, ...
     ----------
     path : the store; kind : ``pred`` or ``target`` (for messages); shape : fine-grid shape (array
         order), default from the store's attrs (factor x the iq shape when given the iq.zarr shape).
+    blocks : optional list; each time block's marked pixels (flat indices) are appended to it.
 
     Returns
     -------
@@ -247,8 +258,36 @@ def density_from_coo(path: str | Path, kind: str = "pred", shape: tuple[int, ...
             sites = coords[feats[:, 0] > threshold].astype(np.int64) + factor * store.origin[b, 1:]
             inside = np.all((sites >= 0) & (sites < np.asarray(shape)), axis=1)
             flat.append(np.ravel_multi_index(tuple(sites[inside].T), shape))
-        count[np.unique(np.concatenate(flat))] += 1.0
+        marked = np.unique(np.concatenate(flat))
+        count[marked] += 1.0
+        if blocks is not None:
+            blocks.append(marked)
     return count.reshape(shape), grid
+
+
+def density_from_input(path: str | Path, grid: FineGrid, progress: bool = False, blocks: list | None = None) -> np.ndarray:
+    """The trivial predictor's density: in each time block, every fine pixel under a site that the
+    sparse input (``sparse.zarr``) keeps in any frame (the input projected over time and upsampled by the
+    grid's factor), counted over blocks. A network that only paints its input scores this.
+
+    Returns float32 (Zf, Xf) or (Zf, Yf, Xf) on ``grid``; ``blocks`` as :func:`density_from_coo`."""
+    store = CooStore(path, "sparse")
+    f, shape = grid.factor, np.asarray(grid.shape)
+    cell = np.stack(np.meshgrid(*[np.arange(f)] * grid.dims, indexing="ij"), -1).reshape(-1, grid.dims)
+    count = np.zeros(int(np.prod(shape)), np.float32)
+    for t0 in tqdm(np.unique(store.origin[:, 0]), unit="block", desc="render trivial", disable=not progress):
+        flat = []
+        for b in np.flatnonzero(store.origin[:, 0] == t0):
+            coords, _ = store.block(int(b))
+            coarse = np.unique(coords[:, 1:].astype(np.int64), axis=0) + store.origin[b, 1:]
+            fine = (f * coarse[:, None, :] + cell[None]).reshape(-1, grid.dims)
+            inside = np.all((fine >= 0) & (fine < shape), axis=1)
+            flat.append(np.ravel_multi_index(tuple(fine[inside].T), tuple(shape)))
+        marked = np.unique(np.concatenate(flat))
+        count[marked] += 1.0
+        if blocks is not None:
+            blocks.append(marked)
+    return count.reshape(tuple(shape))
 
 
 def split_halves(loc: Localizations, by: str = "tracks") -> tuple[np.ndarray, np.ndarray]:
@@ -351,29 +390,37 @@ PathLike = str | Path
 
 
 def render_all(tracks_path: PathLike, iq_path: PathLike, out_dir: PathLike, cfg: dict, loc_path: PathLike | None = None,
-               pred_path: PathLike | dict[str, PathLike] | None = None, progress: bool = True) -> dict[str, Path]:  # fmt: skip
+               pred_path: PathLike | dict[str, PathLike] | None = None, progress: bool = True,
+               input_path: PathLike | None = None) -> dict[str, Path]:  # fmt: skip
     """The `ulm render` stage: ``out_dir/<method>.zarr`` and ``<method>.png`` for ground_truth,
-    conventional (with ``loc_path``) and network (with ``pred_path``, or one map per name of a
-    ``{name: pred.zarr}`` dict), and ``comparison.png``.
+    conventional (with ``loc_path``), network (with ``pred_path``, or one map per name of a
+    ``{name: pred.zarr}`` dict) and trivial (with ``input_path``, the networks' sparse input: the trivial
+    predictor), and ``comparison.png``. Every store also holds its per-block maps (``blocks``).
 
     ``cfg`` is the whole validated config (uses ``sparse.factor``, ``sparse.block_frames``,
     ``render`` and ``conventional.interp_factor``). Returns method -> density store path.
     """
     out_dir = Path(out_dir)
     factor, frames, rcfg = cfg["sparse"]["factor"], cfg["sparse"]["block_frames"], cfg["render"]
-    gt, grid = density_from_tracks(tracks_path, iq_path, factor, frames, progress)
+    parts: dict[str, list | None] = {GROUND_TRUTH: []}
+    gt, grid = density_from_tracks(tracks_path, iq_path, factor, frames, progress, blocks=parts[GROUND_TRUTH])
     maps = {GROUND_TRUTH: gt}
     if loc_path is not None:
         interp = cfg["conventional"]["interp_factor"]
+        parts[CONVENTIONAL] = [] if rcfg["mode"] == "segments" else None
         maps[CONVENTIONAL] = density_from_localizations(loc_path, factor, frames, rcfg["mode"], rcfg["include_untracked"], interp,
-                                                        progress=progress)[0]  # fmt: skip
+                                                        progress=progress, blocks=parts[CONVENTIONAL])[0]  # fmt: skip
     preds = {NETWORK: pred_path} if isinstance(pred_path, PathLike) else dict(pred_path or {})
     for name, path in preds.items():  # one map per network (e.g. network-sparse, network-dense)
-        maps[name] = density_from_coo(path, "pred", shape=grid.shape, progress=progress)[0]
+        parts[name] = []
+        maps[name] = density_from_coo(path, "pred", shape=grid.shape, progress=progress, blocks=parts[name])[0]
+    if input_path is not None:
+        parts[TRIVIAL] = []
+        maps[TRIVIAL] = density_from_input(input_path, grid, progress, blocks=parts[TRIVIAL])
     written = {}
     for name, density in maps.items():
         written[name] = out_dir / f"{name}.zarr"
-        write_density(written[name], density, {**grid.attrs(name), "block_frames": frames, "render": rcfg})
+        write_density(written[name], density, {**grid.attrs(name), "block_frames": frames, "render": rcfg}, parts[name])
         caption = POINTS if rcfg["mode"] == "points" and name == CONVENTIONAL else PASSAGES
         plot_density(density, grid.origin_um, grid.spacing_um, out_dir / f"{name}.png", rcfg, name.replace("_", " "), caption)
     caption = POINTS if rcfg["mode"] == "points" and CONVENTIONAL in maps else PASSAGES

@@ -584,18 +584,22 @@ DENSITY_ATTRS = ("origin_um", "spacing_um", "factor", "method")
 @dataclass
 class Density:
     """An accumulated map on the ``factor`` x fine grid: ``density`` float32 (Z, X) or (Z, Y, X) and attrs
-    ``origin_um``, ``spacing_um`` (array order, um), ``factor``, ``method``."""
+    ``origin_um``, ``spacing_um`` (array order, um), ``factor``, ``method``; ``blocks``, when the store
+    holds them, the marked pixels of each time block (flat indices into ``density``), the map's parts."""
 
     density: np.ndarray
     attrs: dict
+    blocks: list[np.ndarray] | None = None
 
     @property
     def dims(self) -> int:
         return self.density.ndim
 
 
-def write_density(path: str | Path, density: np.ndarray, attrs: dict) -> None:
-    """Write ``density/<method>.zarr`` atomically; ``attrs`` must hold origin_um, spacing_um, factor, method."""
+def write_density(path: str | Path, density: np.ndarray, attrs: dict, blocks: list[np.ndarray] | None = None) -> None:
+    """Write ``density/<method>.zarr`` atomically; ``attrs`` must hold origin_um, spacing_um, factor, method.
+    ``blocks`` (optional): per time block, the flat indices of the pixels it marks (arrays ``block_sites``
+    and ``block_offsets``, so that a score can leave one block out)."""
     missing = [k for k in DENSITY_ATTRS if k not in attrs]
     density = np.asarray(density, dtype=np.float32)
     if missing or density.ndim not in (2, 3) or any(len(attrs[k]) != density.ndim for k in ("origin_um", "spacing_um")):
@@ -603,6 +607,10 @@ def write_density(path: str | Path, density: np.ndarray, attrs: dict) -> None:
     with atomic_path(path) as tmp:
         g = _new_group(tmp, attrs)
         _put(g, "density", density, chunk_rows=max(1, (1 << 22) // max(1, int(np.prod(density.shape[1:])))))
+        if blocks is not None:
+            sizes = np.array([len(b) for b in blocks], np.int64)
+            _put(g, "block_offsets", np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64))
+            _put(g, "block_sites", np.concatenate([np.zeros(0, np.int64), *[np.asarray(b, np.int64) for b in blocks]]))
 
 
 def read_density(path: str | Path) -> Density:
@@ -613,4 +621,12 @@ def read_density(path: str | Path) -> Density:
     if arr.ndim not in (2, 3) or arr.dtype.kind != "f" or missing:
         raise UlmError(f"density store {path}: expected a float (Z, X) or (Z, Y, X) map with attrs {list(DENSITY_ATTRS)}; "
                        f"got {arr.dtype} {arr.shape}, missing attrs {missing}")  # fmt: skip
-    return Density(arr[:], attrs)
+    blocks = None
+    if "block_offsets" in g and "block_sites" in g:
+        offsets, sites = g["block_offsets"][:], g["block_sites"][:]
+        ordered = offsets.ndim == 1 and len(offsets) >= 1 and offsets[0] == 0 and np.all(np.diff(offsets) >= 0)
+        inside = len(sites) == 0 or (sites.min() >= 0 and sites.max() < arr.size)
+        if not (ordered and offsets[-1] == len(sites) and inside):
+            raise UlmError(f"density store {path}: block_offsets / block_sites do not index the {arr.shape} map")
+        blocks = [sites[a:b] for a, b in zip(offsets[:-1], offsets[1:], strict=True)]
+    return Density(arr[:], attrs, blocks)

@@ -19,8 +19,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from ulm.config import ABLATIONS, network_map_name  # noqa: E402
+from ulm.config import ABLATIONS, network_map_name, parse_network_map_name  # noqa: E402
 from ulm.errors import UlmError  # noqa: E402
+from ulm.metrics import jackknife_interval  # noqa: E402
 from ulm.plots import _save  # noqa: E402
 from ulm.store import atomic_path  # noqa: E402
 
@@ -132,16 +133,20 @@ def plot_dice_vs_concentration(metrics_paths: list[str | Path], path: str | Path
     all_dims = sorted({m["dims"] for m in runs})
     fig, axes = plt.subplots(1, len(all_dims), figsize=(5.2 * len(all_dims), 4.0), squeeze=False, layout="constrained")
     for ax, dims in zip(axes[0], all_dims, strict=True):
-        per_method: dict[str, list[tuple[int, float]]] = {}
+        per_method: dict[str, list[tuple[int, float, float]]] = {}
         for m in runs:
             if m["dims"] == dims:
                 for method, value in m.get("dice", {}).items():
-                    if not _is_ablation(method):
-                        per_method.setdefault(method, []).append((m["concentration"], value))
+                    parsed = parse_network_map_name(method)
+                    if parsed is None or (parsed["variant"] == "full" and parsed["method"] is None):  # no ablation, no sweep
+                        half = jackknife_interval(m.get("dice_loo", {}).get(method, [])) or 0.0
+                        per_method.setdefault(method, []).append((m["concentration"], value, half))
         for method, points in sorted(per_method.items()):
             points.sort()
-            ax.plot([p[0] for p in points], [p[1] for p in points], "o-", label=method.replace("_", " "))
-        ax.set(xlabel="MB concentration (MBs in the volume)", ylabel="Dice vs ground truth", title=f"{dims}D test data",
+            ax.errorbar([p[0] for p in points], [p[1] for p in points], yerr=[p[2] for p in points], fmt="o-", capsize=3,
+                        ls=":" if method == "trivial" else "-", label=method.replace("_", " "))  # fmt: skip
+        ax.set(xlabel="MB concentration (MBs per frame)", ylabel="Dice vs ground truth (95 % jackknife interval)",
+               title=f"{dims}D test data",
                ylim=(0, 1))  # fmt: skip
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)

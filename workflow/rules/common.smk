@@ -1,15 +1,17 @@
 # Helpers shared by the rule files: result paths, config slices for `params:`, the ulm command.
+import hashlib
 import json
 import sys
 from pathlib import Path
 
-from ulm.config import derive_seed, network_map_name
+from ulm.config import derive_seed, for_dims, network_map_name, sweep_point
 from ulm.vascular import resolve_source
 
 RUN = config["run"]
 RESULTS = f"results/{RUN}"
 RUN_OF_SPLIT = f"{RESULTS}/{{split}}/{{dims}}d/c{{c}}"  # one imaging run of a split
 LOGS = f"logs/{RUN}"
+BENCHMARKS = Path(workflow.basedir) / "benchmarks"  # the memory rule runs benchmarks/memory.py
 
 
 def _conda_enabled():
@@ -43,18 +45,40 @@ def code(*modules):
     return digest.hexdigest()[:16]
 
 
-def section(name, drop=(), keep=None):
+def section(name, drop=(), keep=None, dims=None):
     """A config section (or the ``keep`` keys of it) as compact JSON: the `params:` that make a rule
-    rerun exactly when a value it uses changes."""
-    part = {k: v for k, v in config[name].items() if k not in drop and (keep is None or k in keep)}
+    rerun exactly when a value it uses changes. With ``dims`` 3 the section has `overrides_3d` laid over it."""
+    values = {**config[name], **(config["overrides_3d"].get(name, {}) if dims is not None and int(dims) == 3 else {})}
+    part = {k: v for k, v in values.items() if k not in drop and (keep is None or k in keep)}
     return json.dumps(part, sort_keys=True)
 
 
 SPLITS = ("train", "test")  # networks train on `train`; every method is scored on `test` (another graph or region)
 METHOD = config["sparse"]["methods"][0]  # the networks train on the first sparsification method
-TOP_C = max(config["concentrations"])  # the ablation table reads the highest concentration
-TRAIN_C = config["train"]["concentrations"] or config["concentrations"]  # the one network per dimension trains on these
+CONCENTRATIONS = {2: config["concentrations"], 3: config["concentrations_3d"] or config["concentrations"]}
+ALL_C = sorted({c for d in config["dims"] for c in CONCENTRATIONS[d]})  # ground truth is simulated once per split and c
 VARIANTS = ["full"] + list(config["train"]["ablations"])
+SWEEP = [m for m in config["train"]["sweep"] if m != METHOD]  # the headline network once more on each of these inputs
+
+
+def concentrations(dims):
+    """The concentration grid of a dimensionality (concentrations, or concentrations_3d in 3D)."""
+    return CONCENTRATIONS[int(dims)]
+
+
+def train_concentrations(dims):
+    """The one network per dimension trains on these (train.concentrations, default the dimension's grid)."""
+    return config["train"]["concentrations"] or concentrations(dims)
+
+
+def variants(dims):
+    """full, and the ablations where train.ablation_dims asks for them."""
+    return VARIANTS if int(dims) in config["train"]["ablation_dims"] else VARIANTS[:1]
+
+
+def sweep(dims):
+    """Sparsification inputs of the trade-off networks in this dimensionality (train.sweep, train.sweep_dims)."""
+    return SWEEP if int(dims) in config["train"]["sweep_dims"] else []
 
 
 def graph_source(split):
@@ -88,35 +112,53 @@ def net_dirs(dims, c):
     """Map name -> test folder of every network scored at (dims, c): each model, and the ablations of the
     sparse one (each trained once per dimension, scored at every concentration)."""
     base = f"{RESULTS}/test/{dims}d/c{c}"
-    nets = {network_map_name(m): f"{base}/net-{m}-{METHOD}-full" for m in config["train"]["models"]}
-    nets.update({network_map_name("sparse", v): f"{base}/net-sparse-{METHOD}-{v}" for v in VARIANTS[1:]})
+    nets = {network_map_name(m): f"{base}/net-{m}-{METHOD}-full" for m in for_dims(config, dims)["train"]["models"]}
+    nets.update({network_map_name("sparse", v): f"{base}/net-sparse-{METHOD}-{v}" for v in variants(dims)[1:]})
+    nets.update({network_map_name("sparse", method=m): f"{base}/net-sparse-{m}-full" for m in sweep(dims)})
     return nets
+
+
+def methods(dims):
+    """The sparsification methods of a dimensionality (sparse.methods, or overrides_3d's in 3D)."""
+    return for_dims(config, dims)["sparse"]["methods"]
+
+
+def run_dims(run):
+    """The dimensionality of a run folder .../<d>d/c<c>."""
+    return int(Path(run).parent.name[:-1])
+
+
+def runs(split="test"):
+    """Folders of the imaging runs of a split: one per dimension and concentration of its grid."""
+    return [f"{RESULTS}/{split}/{d}d/c{c}" for d in config["dims"] for c in concentrations(d)]
 
 
 def all_outputs():
     ground_truth = expand(f"{RESULTS}/{{s}}/{{name}}", s=SPLITS, name=["flow.png"])
-    ground_truth += expand(f"{RESULTS}/{{s}}/c{{c}}/{{name}}", s=SPLITS, c=config["concentrations"], name=["tracks.zarr", "tracks.png"])
-    per_run = ["iq.zarr", "iq.png"] + [f"sparse-{m}.{ext}" for m in config["sparse"]["methods"] for ext in ("zarr", "png")]
-    imaging = expand(f"{RESULTS}/{{s}}/{{d}}d/c{{c}}/{{name}}", s=SPLITS, d=config["dims"], c=config["concentrations"], name=per_run)
-    preds = [f"{net}/pred.zarr" for d in config["dims"] for c in config["concentrations"] for net in net_dirs(d, c).values()]
-    evaluation = expand(f"{RESULTS}/test/{{d}}d/c{{c}}/comparison.png", d=config["dims"], c=config["concentrations"])
+    ground_truth += expand(f"{RESULTS}/{{s}}/c{{c}}/{{name}}", s=SPLITS, c=ALL_C, name=["tracks.zarr", "tracks.png"])
+    imaging = [f"{run}/{name}" for run in runs("train") + runs("test") for name in ["iq.zarr", "iq.png"]
+               + [f"sparse-{m}.{ext}" for m in methods(run_dims(run)) for ext in ("zarr", "png")]]  # fmt: skip
+    preds = [f"{net}/pred.zarr" for d in config["dims"] for c in concentrations(d) for net in net_dirs(d, c).values()]
+    evaluation = expand(f"{{run}}/comparison.png", run=runs())
     summary = [f"{RESULTS}/{name}" for name in ("metrics.csv", "dice.png", "ablation.csv", "tradeoff.png")]
+    summary += [f"{RESULTS}/{name}" for name in ("claims.csv", "dice_kept.png", "ablation.png", "maps.png")]
     summary += [f"{RESULTS}/memory/memory.png"] if config["memory"]["enabled"] else []
     return [*ground_truth, *imaging, *preds, *evaluation, *summary]
 
 
-def train_params():
+def train_params(w):
     """Train keys that change the model (device, workers, resume and the grid do not)."""
-    return section("train", drop=("models", "model", "device", "num_workers", "threads", "resume", "gpus", "ablations"))
+    grid_keys = ("models", "model", "ablations", "ablation_dims", "sweep", "sweep_dims")
+    return section("train", drop=(*grid_keys, "device", "num_workers", "threads", "resume", "gpus"), dims=w.dims)
 
 
 def training_stores(w):
     """sparse, target and iq stores of every training concentration, in order."""
-    runs = [f"{RESULTS}/train/{w.dims}d/c{c}" for c in TRAIN_C]
+    folders = [f"{RESULTS}/train/{w.dims}d/c{c}" for c in train_concentrations(w.dims)]
     return {
-        "sparse": [f"{r}/sparse-{w.method}.zarr" for r in runs],
-        "target": [f"{r}/target.zarr" for r in runs],
-        "iq": [f"{r}/iq.zarr" for r in runs],
+        "sparse": [f"{r}/sparse-{w.method}.zarr" for r in folders],
+        "target": [f"{r}/target.zarr" for r in folders],
+        "iq": [f"{r}/iq.zarr" for r in folders],
     }
 
 

@@ -16,7 +16,7 @@ rule conventional:
         directory(f"{RUN_DIR}/localizations.zarr"),
     params:
         code=code("conventional.py"),
-        cfg=section("conventional"),
+        cfg=lambda w: section("conventional", dims=w.dims),
     wildcard_constraints:
         dims="[23]",
         c=r"\d+",
@@ -39,15 +39,16 @@ rule render:
         iq=f"{RUN_DIR}/iq.zarr",
         localizations=f"{RUN_DIR}/localizations.zarr",
         preds=lambda w: list(eval_preds(w).values()),
+        trivial=f"{RUN_DIR}/sparse-{METHOD}.zarr",  # the headline networks' input: the trivial predictor
     output:
         density=directory(f"{RUN_DIR}/density"),
         comparison=report(f"{RUN_DIR}/comparison.png", caption="../report/comparison.rst", category="Density maps",
                           subcategory="{dims}D, {c} MBs"),  # fmt: skip
     params:
         code=code("render.py", "targets.py"),
-        render=section("render"),
-        sparse=section("sparse", keep=("block_frames", "factor")),
-        conventional=section("conventional", keep=("interp_factor",)),
+        render=lambda w: section("render", dims=w.dims),
+        sparse=lambda w: section("sparse", keep=("block_frames", "factor"), dims=w.dims),
+        conventional=lambda w: section("conventional", keep=("interp_factor",), dims=w.dims),
         preds=lambda w: " ".join(f"--pred {name}={path}" for name, path in eval_preds(w).items()),
     wildcard_constraints:
         dims="[23]",
@@ -63,7 +64,7 @@ rule render:
         runtime=30,
     shell:
         "{ULM} render --quiet --set render={params.render:q} --set sparse={params.sparse:q} --set conventional={params.conventional:q}"
-        " --localizations {input.localizations} {params.preds}"
+        " --localizations {input.localizations} {params.preds} --input {input.trivial}"
         " {input.tracks} {input.iq} {output.density} > {log} 2>&1 && cp {output.density}/comparison.png {output.comparison}"
 
 
@@ -76,9 +77,9 @@ rule metrics:
         f"{RUN_DIR}/metrics.json",
     params:
         code=code("metrics.py"),
-        metrics=section("metrics"),
-        render=section("render"),
-        sparse=section("sparse", keep=("block_frames", "factor")),
+        metrics=lambda w: section("metrics", dims=w.dims),
+        render=lambda w: section("render", dims=w.dims),
+        sparse=lambda w: section("sparse", keep=("block_frames", "factor"), dims=w.dims),
     wildcard_constraints:
         dims="[23]",
         c=r"\d+",
@@ -96,11 +97,10 @@ rule metrics:
 
 rule summary:
     input:
-        metrics=expand(f"{RESULTS}/test/{{dims}}d/c{{c}}/metrics.json", dims=config["dims"], c=config["concentrations"]),
-        tradeoff=expand(f"{RESULTS}/test/{{dims}}d/c{{c}}/sparse-{{m}}.csv", dims=config["dims"], c=config["concentrations"],
-                        m=config["sparse"]["methods"]),  # fmt: skip
-        train=expand(f"{RESULTS}/train/{{dims}}d/net-sparse-{METHOD}-{{v}}/metrics.csv", dims=config["dims"],
-                     v=VARIANTS if len(VARIANTS) > 1 else []),  # fmt: skip
+        metrics=[f"{run}/metrics.json" for run in runs()],
+        tradeoff=[f"{run}/sparse-{m}.csv" for run in runs() for m in methods(run_dims(run))],
+        train=[f"{RESULTS}/train/{d}d/net-sparse-{METHOD}-{v}/metrics.csv" for d in config["dims"] for v in variants(d)
+               if len(variants(d)) > 1],  # fmt: skip
     output:
         table=report(f"{RESULTS}/metrics.csv", caption="../report/metrics.rst", category="Metrics"),
         dice=report(f"{RESULTS}/dice.png", caption="../report/dice.rst", category="Metrics"),
@@ -120,6 +120,32 @@ rule summary:
         " --tradeoff {input.tradeoff} {params.train} -- {input.metrics} {output.table} > {log} 2>&1"
 
 
+rule claims:
+    input:
+        metrics=[f"{run}/metrics.json" for run in runs()],
+        kept=[f"{RESULTS}/test/{d}d/c{c}/sparse-{m}.csv" for d in config["dims"] for c in concentrations(d)
+              for m in [METHOD, *sweep(d)]],  # fmt: skip
+        memory=[f"{RESULTS}/memory/memory.json"] if config["memory"]["enabled"] else [],
+        density=[f"{RESULTS}/test/{d}d/c{c}/density" for d in config["dims"] for c in sorted({min(concentrations(d)),
+                 max(concentrations(d))})],  # fmt: skip
+    output:
+        table=report(f"{RESULTS}/claims.csv", caption="../report/claims.rst", category="Claims"),
+        dice_kept=report(f"{RESULTS}/dice_kept.png", caption="../report/dice_kept.rst", category="Claims"),
+        ablation=report(f"{RESULTS}/ablation.png", caption="../report/ablation_bars.rst", category="Claims"),
+        maps=report(f"{RESULTS}/maps.png", caption="../report/maps.rst", category="Claims"),
+    params:
+        code=code("claims.py", "claims_figures.py", "metrics.py"),
+        memory=lambda w, input: f"--memory {input.memory[0]}" if input.memory else "",
+    log:
+        f"{LOGS}/claims.log",
+    conda:
+        "../../envs/simulation.yaml"
+    shell:
+        "{ULM} claims {params.memory} --headline-input {METHOD} --kept {input.kept} --dice-kept-plot {output.dice_kept}"
+        " --ablation-plot {output.ablation} --maps-plot {output.maps} --density {input.density} -- {input.metrics}"
+        " {output.table} > {log} 2>&1"
+
+
 rule memory:
     output:
         table=report(f"{RESULTS}/memory/memory.csv", caption="../report/memory.rst", category="Memory"),
@@ -127,7 +153,7 @@ rule memory:
         summary=f"{RESULTS}/memory/memory.json",
     params:
         code=code("nn"),
-        bench=workflow.source_path("../../benchmarks/memory.py"),
+        bench_code=lambda w: hashlib.sha256(Path(workflow.basedir, "benchmarks", "memory.py").read_bytes()).hexdigest()[:16],
         dims=" ".join(map(str, config["dims"])),
         quick="--quick --no-rss-check" if config["memory"]["quick"] else "",
     log:
@@ -141,5 +167,5 @@ rule memory:
         mem_mb=4000 if config["memory"]["quick"] else 16000,
         runtime=60,
     shell:
-        "{PYTHON} {params.bench:q} {params.quick} --dims {params.dims} --threads {threads}"
+        "{PYTHON} {BENCHMARKS}/memory.py {params.quick} --dims {params.dims} --threads {threads}"
         " --out {RESULTS}/memory > {log} 2>&1"

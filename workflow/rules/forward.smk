@@ -13,7 +13,7 @@ rule forward:
         plot=report(f"{RUN_OF_SPLIT}/iq.png", caption="../report/iq.rst", category="Imaging", subcategory="{split}"),
     params:
         code=code("forward", "imaging.py"),
-        forward=section("forward", drop=("workers", "dask_scheduler")),
+        forward=lambda w: section("forward", drop=("workers", "dask_scheduler"), dims=w.dims),
         probe=section("probe"),
         seed=lambda w: split_seed(w.split),
     wildcard_constraints:

@@ -9,7 +9,7 @@ NET = "{dims}d/net-{model}-{method}-{variant}"  # one network per dimension, mod
 DEVICE = config["train"]["device"]  # not a param: the device does not change the result
 # variant -> its changes to the `train` section (full: as configured; the ablations: ulm.config.ABLATIONS)
 ABLATION = {"full": "", **{v: " ".join(f"--set train.{k}={json.dumps(x)}" for k, x in c.items()) for v, c in ABLATIONS.items()}}
-NET_WILDCARDS = {"dims": "[23]", "c": r"\d+", "model": "sparse|dense", "method": "threshold|topk|learned",
+NET_WILDCARDS = {"dims": "[23]", "c": r"\d+", "model": "sparse|dense", "method": SPARSE_INPUT,
                  "variant": "|".join(ABLATION)}  # fmt: skip
 
 
@@ -22,7 +22,7 @@ rule train:
         plot=report(f"{RESULTS}/train/{NET}/train.png", caption="../report/train.rst", category="Network"),
     params:
         code=code("nn", "train.py", "dataset.py"),
-        cfg=train_params(),
+        cfg=train_params,
         seed=config["seed"],
         ablation=lambda w: ABLATION[w.variant],
         stores=train_args,

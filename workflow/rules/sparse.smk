@@ -9,6 +9,14 @@ SPARSIFY_IGNORES = {
     "learned": ("methods", "method", "factor", "workers", "tau", "topk_k", "learned_epochs", "mask_checkpoint"),
 }
 
+SPARSE_INPUT = r"(threshold|topk)(-[0-9.]+)?|learned"  # a method, or a sweep point such as threshold-0.05 (train.sweep)
+
+
+def sparsify_section(w):
+    """The sparse keys a method (or a sweep point, which also sets its tau or k) uses, as JSON."""
+    method, point = sweep_point(w.method)
+    return json.dumps({**json.loads(section("sparse", drop=SPARSIFY_IGNORES[method], dims=w.dims)), **point}, sort_keys=True)
+
 
 rule mask:
     input:
@@ -18,7 +26,7 @@ rule mask:
         f"{RESULTS}/train/{{dims}}d/c{{c}}/mask.pt",
     params:
         code=code("mask.py"),
-        cfg=section("sparse", keep=("block_frames", "learned_epochs")),
+        cfg=lambda w: section("sparse", keep=("block_frames", "learned_epochs"), dims=w.dims),
         val_fraction=config["train"]["val_fraction"],
         seed=config["seed"],
     wildcard_constraints:
@@ -50,13 +58,14 @@ rule sparsify:
                     subcategory="{split}"),  # fmt: skip
     params:
         code=code("sparse.py", "imaging.py"),
-        cfg=lambda w: section("sparse", drop=SPARSIFY_IGNORES[w.method]),
+        cfg=sparsify_section,
+        method=lambda w: sweep_point(w.method)[0],
         mask=lambda w, input: f"--set sparse.mask_checkpoint={input.mask}" if w.method == "learned" else "",
     wildcard_constraints:
         split="train|test",
         dims="[23]",
         c=r"\d+",
-        method="threshold|topk|learned",
+        method=SPARSE_INPUT,
     log:
         f"{LOGS}/{{split}}/{{dims}}d/c{{c}}/sparsify-{{method}}.log",
     benchmark:
@@ -68,7 +77,7 @@ rule sparsify:
         mem_mb=8000,
         runtime=60,
     shell:
-        "{ULM} sparsify --quiet --set sparse={params.cfg:q} --set sparse.method={wildcards.method} {params.mask}"
+        "{ULM} sparsify --quiet --set sparse={params.cfg:q} --set sparse.method={params.method} {params.mask}"
         " --tracks {input.tracks} --csv {output.csv} --plot {output.plot} {input.iq} {output.store} > {log} 2>&1"
 
 
@@ -80,7 +89,7 @@ rule targets:
         directory(f"{RESULTS}/train/{{dims}}d/c{{c}}/target.zarr"),
     params:
         code=code("targets.py", "sparse.py", "imaging.py"),
-        cfg=section("sparse", keep=("block_frames", "tile_px", "tile_overlap_px", "factor", "target")),
+        cfg=lambda w: section("sparse", keep=("block_frames", "tile_px", "tile_overlap_px", "factor", "target"), dims=w.dims),
     wildcard_constraints:
         dims="[23]",
         c=r"\d+",
