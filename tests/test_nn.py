@@ -188,3 +188,19 @@ def test_a_perfect_output_has_zero_loss():
     logits[0, 0, 0, 1, 2] = logits[0, 0, 0, 5, 5] = 50.0
     assert float(level_loss(Dense(logits), target, 1)) < 1e-6
     assert float(level_loss(Dense(-logits), target, 1)) > 0.99
+
+
+def test_each_level_is_scored_on_its_own_grid():
+    """The headline network's one level is the 8x output (scale 1), not a classifier: a perfect output has no
+    loss in the full network, while a cascaded phase scores its first classifiers at 8, 4, 2."""
+    from ulm.nn.loss import level_scales
+    from ulm.nn.spec import NetSpec
+
+    assert level_scales(1) == [1] and level_scales(4) == [8, 4, 2, 1]
+    assert level_scales(1, phase=0) == [8] and level_scales(3, phase=2) == [8, 4, 2]
+    target = torch.tensor([[0, 1, 2], [0, 5, 5]])
+    logits = torch.full((1, 1, 1, 8, 8), -50.0)
+    logits[0, 0, 0, 1, 2] = logits[0, 0, 0, 5, 5] = 50.0
+    headline = NetSpec(dims=2)
+    assert float(network_loss([Dense(logits)], target, headline)) < 1e-6
+    assert float(network_loss([Dense(-logits)], target, headline)) > 0.99

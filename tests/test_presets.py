@@ -26,18 +26,21 @@ def snakemake(workdir: Path, *args: str, timeout: int = 1800) -> subprocess.Comp
         ("paper-2d", {"train": 5, "infer": 20, "sparsify": 24, "mask": 4, "forward": 8, "conventional": 4, "memory": 1}),
         # sparse + 3 ablations, each scored at 3 concentrations; 3 methods x 2 splits x 3 concentrations
         ("paper-3d", {"train": 4, "infer": 12, "sparsify": 18, "mask": 3, "forward": 6, "conventional": 3, "memory": 1}),
+        # 2D: sparse, dense, 3 ablations and 5 sweep networks, each scored at 4 concentrations; 3D: sparse, at 3; sparsify: 2D
+        # 3 methods + 3 sweep points x 2 splits x 4 concentrations, 3D threshold x 2 x 3
+        ("repro-cpu", {"train": 11, "infer": 43, "sparsify": 54, "mask": 4, "forward": 14, "conventional": 7, "memory": 1}),
     ],
 )
-def test_paper_presets_list_their_whole_grid(tmp_path, preset, expected):
+def test_presets_list_their_whole_grid(tmp_path, preset, expected):
     counts = planned_jobs(snakemake(tmp_path, "-n", "--config", f"preset={preset}"))
     assert {rule: counts.get(rule) for rule in expected} == expected
-    assert counts["summary"] == 1
+    assert counts["summary"] == 1 and counts["claims"] == 1
 
 
 def test_unknown_preset_is_one_clear_error(tmp_path):
     result = snakemake(tmp_path, "-n", "--config", "preset=paper-4d")
     assert result.returncode != 0
-    message = "config key preset: unknown preset 'paper-4d'; available: ['paper-2d', 'paper-3d', 'tiny']"
+    message = "config key preset: unknown preset 'paper-4d'; available: ['paper-2d', 'paper-3d', 'repro-cpu', 'tiny']"
     assert message in result.stdout + result.stderr
     assert not (tmp_path / "results").exists()
 

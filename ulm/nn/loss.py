@@ -20,11 +20,11 @@ from ulm.nn.spec import N_HR_STAGES, NetSpec
 SMOOTH = 0.001  # the reference's Dice smoothing
 
 
-def level_scales(n_levels: int) -> list[int]:
-    """Downsampling of each output level from the 8x grid: [8, 4, 2, 1] with classifiers, [1] without
-    (a cascaded phase stops early: its levels are the first ones)."""
-    all_scales = [2 ** (N_HR_STAGES - k) for k in range(N_HR_STAGES)] + [1]
-    return all_scales[:n_levels] if n_levels <= N_HR_STAGES else all_scales
+def level_scales(n_levels: int, phase: int = N_HR_STAGES) -> list[int]:
+    """Downsampling of each output level from the 8x grid: [8, 4, 2, 1] with classifiers, [1] without; in
+    a cascaded phase k < 3 the levels are the first k + 1 classifiers, [8, ..., 2^(3 - k)]."""
+    classifiers = [2 ** (N_HR_STAGES - k) for k in range(N_HR_STAGES)]
+    return classifiers[:n_levels] if phase < N_HR_STAGES else classifiers[: n_levels - 1] + [1]
 
 
 def supervised_levels(spec: NetSpec, n_levels: int, phase: int) -> list[int]:
@@ -73,7 +73,7 @@ def level_loss(level: Tensor, target: torch.Tensor, scale: int) -> torch.Tensor:
 def network_loss(levels: list[Tensor], target: torch.Tensor, spec: NetSpec, phase: int = N_HR_STAGES,
                  dilated: bool = False) -> torch.Tensor:  # fmt: skip
     """Mean Dice loss over the supervised levels; ``dilated``: the output's target dilated by 3^d."""
-    scales = level_scales(len(levels))
+    scales = level_scales(len(levels), phase)
     losses = []
     for k in supervised_levels(spec, len(levels), phase):
         truth = target
