@@ -244,3 +244,37 @@ def test_3d_png_shows_three_projections_with_a_scale_bar(tmp_path):
     plot_density(density, [0.0, 0.0, 0.0], [6.16, 6.16, 6.16], tmp_path / "mip.png", rcfg, "test")
     assert (tmp_path / "mip.png").stat().st_size > 10_000
     assert nice_length(616.0) == 100.0 and nice_length(3000.0) == 500.0
+
+
+def test_trivial_predictor_paints_the_kept_input_sites_block_by_block(imaged_run):
+    """The trivial map marks, in each time block, the 8 x 8 fine pixels under every coarse site the sparse
+    input keeps in any frame of the block; its per-block parts add up to the map."""
+    from ulm.render import density_from_input
+    from ulm.sparse import sparsify_iq
+    from ulm.store import CooStore
+
+    tmp, cfg = imaged_run
+    sparsify_iq(tmp / "iq.zarr", tmp / "sparse.zarr", cfg["sparse"], progress=False)
+    _, grid = density_from_tracks(tmp / "tracks.zarr", tmp / "iq.zarr", 8, 32)
+    blocks: list = []
+    trivial = density_from_input(tmp / "sparse.zarr", grid, blocks=blocks)
+    store = CooStore(tmp / "sparse.zarr")
+    assert len(blocks) == len(np.unique(store.origin[:, 0])) == 2
+    expected = np.zeros(grid.shape, bool)
+    for b in np.flatnonzero(store.origin[:, 0] == 0):
+        coords, _ = store.block(int(b))
+        for z, x in coords[:, 1:] + store.origin[b, 1:]:
+            expected[8 * z : 8 * z + 8, 8 * x : 8 * x + 8] = True
+    assert set(blocks[0].tolist()) == set(np.flatnonzero(expected).tolist())
+    counts = np.bincount(np.concatenate(blocks), minlength=trivial.size).reshape(trivial.shape)
+    np.testing.assert_array_equal(counts, trivial)
+
+
+def test_metrics_carry_tolerant_scores_and_leave_one_block_out_replicates(imaged_run, tmp_path):
+    tmp, cfg = imaged_run
+    written = render_all(tmp / "tracks.zarr", tmp / "iq.zarr", tmp_path / "density", cfg, pred_path=tmp / "target.zarr",
+                         progress=False)  # fmt: skip
+    assert len(read_density(written["network"]).blocks) == 2
+    out = compute_metrics(tmp / "tracks.zarr", cfg, density_paths=written)
+    assert out["dice"]["network"] == pytest.approx(1.0) and out["tolerant"]["network"]["dice_tolerant"] == pytest.approx(1.0)
+    assert out["n_blocks"] == 2 and out["dice_loo"]["network"] == pytest.approx([1.0, 1.0])

@@ -65,8 +65,13 @@ def check_tiny_run(workdir: Path) -> None:
         for c in ("2", "20"):  # every variant is scored at every concentration
             variants = {row["variant"] for row in ablation if row["dims"] == dims and row["concentration"] == c}
             assert variants == {"full", "pruning", "deep_supervision", "cascaded", "conventional"}, (dims, c)
-    for name in ("dice.png", "tradeoff.png", "memory/memory.csv", "memory/memory.png"):
+    figures = ("dice.png", "tradeoff.png", "memory/memory.csv", "memory/memory.png", "ablation.png", "maps.png", "learning.png")
+    for name in figures:
         assert (out / name).stat().st_size > 0, name
+    claims = read_csv(out / "claims.csv")
+    expected = {("0", "2"), ("0", "3"), ("1a", "2"), ("1b", "2"), ("2a", "3"), ("3a", "2"), ("3b", "3"), ("5", "2"), ("5", "3")}
+    assert {(r["claim"], r["dims"]) for r in claims} >= expected
+    assert all(r["verdict"] in ("holds", "does not hold") for r in claims)
     for method in ("threshold", "topk", "learned"):
         assert (out / "test" / "3d" / "c20" / f"sparse-{method}.zarr").is_dir()
     report = snakemake(workdir, "--config", "preset=tiny", "--report", str(workdir / "report.html"))

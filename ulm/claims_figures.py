@@ -138,3 +138,31 @@ def plot_maps(density_dirs: dict[tuple[int, int], Path], path: str | Path, gamma
             )
             ax.set_title(f"{name.replace('_', ' ')}\n{key[0]}D, {key[1]} MBs", fontsize=8)
     _save(fig, path)
+
+
+def plot_learning(train_metrics: list[str | Path], path: str | Path) -> None:
+    """Validation Dice per epoch of every network (epoch 0: untrained), its trivial predictor on the same
+    validation blocks dashed, one panel per dimensionality (folders ``<d>d/net-<model>-<input>-<variant>``)."""
+    import csv
+
+    plt = _pyplot()
+    curves: dict[str, list[tuple[str, list[dict]]]] = {}
+    for p in map(Path, train_metrics):
+        with open(p, newline="") as fh:
+            curves.setdefault(p.parent.parent.name, []).append((p.parent.name.removeprefix("net-"), list(csv.DictReader(fh))))
+    fig, axes = plt.subplots(1, len(curves), figsize=(6.4 * len(curves), 4.4), squeeze=False, layout="constrained")
+    for ax, (dims, nets) in zip(axes[0], sorted(curves.items()), strict=True):
+        for i, (name, rows) in enumerate(sorted(nets)):
+            epochs = [int(r["epoch"]) for r in rows]
+            ax.plot(epochs, [float(r["val_dice"]) for r in rows], "-", color=f"C{i % 10}", label=name)
+            if rows and rows[0].get("trivial_val_dice"):
+                ax.axhline(float(rows[0]["trivial_val_dice"]), ls="--", lw=0.8, color=f"C{i % 10}")
+        ax.set(
+            xlabel="epoch (0: untrained)",
+            ylabel="validation Dice (dashed: trivial predictor)",
+            ylim=(0, 1),
+            title=f"{dims[:-1]}D networks on the training graph's validation blocks",
+        )
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6)
+    _save(fig, path)

@@ -207,6 +207,8 @@ def cmd_claims(args: argparse.Namespace, cfg: dict) -> None:
         claims_figures.plot_dice_vs_kept(runs, kept, args.headline_input, args.dice_kept_plot)
     if args.ablation_plot:
         claims_figures.plot_ablation(runs, args.ablation_plot)
+    if args.learning_plot:
+        claims_figures.plot_learning(args.train_metrics, args.learning_plot)
     if args.maps_plot:
         dirs = {}
         for folder in map(Path, args.density):
@@ -292,6 +294,8 @@ def parser() -> argparse.ArgumentParser:
             p.add_argument("--ablation-plot", type=Path, help="plot the ablation bars here (PNG)")
             p.add_argument("--maps-plot", type=Path, help="plot the density maps of the --density folders side by side here")
             p.add_argument("--density", type=Path, nargs="+", default=[], help="density/ folders for --maps-plot")
+            p.add_argument("--learning-plot", type=Path, help="plot the networks' validation Dice per epoch here (PNG)")
+            p.add_argument("--train-metrics", type=Path, nargs="+", default=[], help="metrics.csv of each network's training")
         if name == "train":
             p.add_argument("--iq", type=Path, action="append", default=[],
                            help="iq.zarr of each sparse store, in order (needed by the dense baseline)")  # fmt: skip
@@ -313,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(args.config, args.overrides)
         extra = [getattr(args, name, None) for name in ("plot", "csv", "dice_plot", "ablation", "tradeoff_plot", "dice_kept_plot",
-                                                         "ablation_plot", "maps_plot")]  # fmt: skip
+                                                         "ablation_plot", "maps_plot", "learning_plot")]  # fmt: skip
         with all_or_nothing(args.output, *extra):
             func(args, cfg)
     except UlmError as exc:

@@ -131,8 +131,7 @@ def density_from_tracks(tracks_path: str | Path, iq_path: str | Path, factor: in
     plane_y, slab = slab_of(iq.attrs)
     count = np.zeros(grid.volume_shape, np.float32)
     n_frames = min(tracks.n_frames, iq.iq.shape[0])
-    blocks = time_blocks(n_frames, block_frames)
-    for t0, t1 in tqdm(blocks, unit="block", desc="render ground truth", disable=not progress):
+    for t0, t1 in tqdm(time_blocks(n_frames, block_frames), unit="block", desc="render ground truth", disable=not progress):
         pos, rel = tracks.frames(t0, t1)
         bubble = tracks.bubbles(int(tracks.frame_offsets[t0]), int(tracks.frame_offsets[t1]))
         keep = in_slab(pos, plane_y, slab)
@@ -208,8 +207,7 @@ def density_from_localizations(loc: str | Path | Localizations, factor: int, blo
         _, pos, _ = interpolate_tracks(frame, pos, track, interp_factor)
         return _as_map(_point_counts(grid.volume_index(pos), grid), grid), grid
     count = np.zeros(grid.volume_shape, np.float32)
-    blocks = time_blocks(loc.n_frames, block_frames)
-    for t0, t1 in tqdm(blocks, unit="block", desc="render conventional", disable=not progress):
+    for t0, t1 in tqdm(time_blocks(loc.n_frames, block_frames), unit="block", desc="render conventional", disable=not progress):
         rows = (frame >= t0) & (frame < t1)
         starts, ends = track_segments(grid.volume_index(pos[rows]), frame[rows], track[rows], include_untracked)
         _add_block(count, _passages(starts, ends, grid), blocks)

@@ -6,7 +6,7 @@ validate it. The protocol is the reference's (:mod:`ulm.nn.schedule`): phases wi
 a MultiStepLR each, Dice loss (smooth 0.001), optionally the dilated target in the first phase.
 Every epoch writes ``last.pt`` (everything needed to resume, the best epoch's weights included);
 the run ends by writing ``model.pt`` (the best validation epoch), ``metrics.csv`` (epoch 0 is the
-untrained model) and ``train.png``.
+untrained model; ``trivial_val_dice``: the trivial predictor on the same validation blocks) and ``train.png``.
 """
 
 from __future__ import annotations
@@ -196,7 +196,7 @@ def train(sparse_paths, target_paths, out_path: str | Path, cfg: dict, seed: int
     if best_model is None:  # no epoch with a validation Dice: keep the last weights
         best_model, state.best_epoch = net.state_dict(), state.epoch
     _save({**meta, "model": best_model, "epoch": state.best_epoch, "val_dice": state.best_dice}, out_path)
-    _write_metrics(state.rows, folder / "metrics.csv")
+    _write_metrics([{**r, "trivial_val_dice": meta["trivial_val_dice"]} for r in state.rows], folder / "metrics.csv")
     from ulm.plots import plot_training
 
     plot_training(state.rows, folder / "train.png")

@@ -141,7 +141,7 @@ def all_outputs():
     preds = [f"{net}/pred.zarr" for d in config["dims"] for c in concentrations(d) for net in net_dirs(d, c).values()]
     evaluation = expand(f"{{run}}/comparison.png", run=runs())
     summary = [f"{RESULTS}/{name}" for name in ("metrics.csv", "dice.png", "ablation.csv", "tradeoff.png")]
-    summary += [f"{RESULTS}/{name}" for name in ("claims.csv", "dice_kept.png", "ablation.png", "maps.png")]
+    summary += [f"{RESULTS}/{name}" for name in ("claims.csv", "dice_kept.png", "ablation.png", "maps.png", "learning.png")]
     summary += [f"{RESULTS}/memory/memory.png"] if config["memory"]["enabled"] else []
     return [*ground_truth, *imaging, *preds, *evaluation, *summary]
 

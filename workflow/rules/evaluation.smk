@@ -128,11 +128,14 @@ rule claims:
         memory=[f"{RESULTS}/memory/memory.json"] if config["memory"]["enabled"] else [],
         density=[f"{RESULTS}/test/{d}d/c{c}/density" for d in config["dims"] for c in sorted({min(concentrations(d)),
                  max(concentrations(d))})],  # fmt: skip
+        train=[f"{RESULTS}/train/{d}d/{Path(net).name}/metrics.csv" for d in config["dims"]
+               for net in net_dirs(d, concentrations(d)[0]).values()],  # fmt: skip
     output:
         table=report(f"{RESULTS}/claims.csv", caption="../report/claims.rst", category="Claims"),
         dice_kept=report(f"{RESULTS}/dice_kept.png", caption="../report/dice_kept.rst", category="Claims"),
         ablation=report(f"{RESULTS}/ablation.png", caption="../report/ablation_bars.rst", category="Claims"),
         maps=report(f"{RESULTS}/maps.png", caption="../report/maps.rst", category="Claims"),
+        learning=report(f"{RESULTS}/learning.png", caption="../report/learning.rst", category="Claims"),
     params:
         code=code("claims.py", "claims_figures.py", "metrics.py"),
         memory=lambda w, input: f"--memory {input.memory[0]}" if input.memory else "",
@@ -142,7 +145,8 @@ rule claims:
         "../../envs/simulation.yaml"
     shell:
         "{ULM} claims {params.memory} --headline-input {METHOD} --kept {input.kept} --dice-kept-plot {output.dice_kept}"
-        " --ablation-plot {output.ablation} --maps-plot {output.maps} --density {input.density} -- {input.metrics}"
+        " --ablation-plot {output.ablation} --maps-plot {output.maps} --density {input.density} --learning-plot {output.learning}"
+        " --train-metrics {input.train} -- {input.metrics}"
         " {output.table} > {log} 2>&1"
 
 
