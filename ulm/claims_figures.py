@@ -44,7 +44,8 @@ def plot_dice_vs_kept(runs: dict, kept: dict, headline_input: str, path: str | P
     keeps, one panel per dimensionality with a sweep, one line per concentration; the trivial predictor
     and conventional ULM of the highest concentration as dashed levels."""
     plt = _pyplot()
-    dims_list = sorted({d for (d, c) in runs if any(k[:2] == (d, c) for k in kept)}) or [2]
+    labels = {d: {k[2] for k in kept if k[0] == d} for d in (2, 3)}
+    dims_list = [d for d in (2, 3) if len(labels[d]) > 1] or [2]  # dimensionalities with a sweep
     fig, axes = plt.subplots(1, len(dims_list), figsize=(5.6 * len(dims_list), 4.2), squeeze=False, layout="constrained")
     for ax, dims in zip(axes[0], dims_list, strict=True):
         concs = sorted(c for d, c in runs if d == dims)
@@ -130,6 +131,7 @@ def plot_maps(density_dirs: dict[tuple[int, int], Path], path: str | Path, gamma
             ax.set_yticks([])
             store = density_dirs[key] / f"{name}.zarr"
             if not store.exists():
+                ax.axis("off")  # e.g. no dense twin in 3D
                 continue
             image = read_density(store).density
             image = image.max(axis=1) if image.ndim == 3 else image
