@@ -1,5 +1,4 @@
 # Helpers shared by the rule files: result paths, config slices for `params:`, the ulm command.
-import hashlib
 import json
 import sys
 from pathlib import Path
@@ -167,3 +166,19 @@ def train_args(w, input):
     iqs = " ".join(f"--iq {iq}" for iq in input.iq)
     pairs = " ".join(f"{s} {t}" for s, t in zip(input.sparse, input.target))
     return f"{iqs} {pairs}"
+
+
+# keys that do not change a method's output (so changing them does not rerun it)
+LEARNED_KEYS = ("learned_threshold", "learned_epochs", "mask_checkpoint")
+SPARSIFY_IGNORES = {
+    "threshold": ("methods", "method", "factor", "workers", "topk_k", *LEARNED_KEYS),
+    "topk": ("methods", "method", "factor", "workers", "tau", *LEARNED_KEYS),
+    "learned": ("methods", "method", "factor", "workers", "tau", "topk_k", "learned_epochs", "mask_checkpoint"),
+}
+SPARSE_INPUT = r"(threshold|topk)(-[0-9.]+)?|learned"  # a method, or a sweep point such as threshold-0.05 (train.sweep)
+
+
+def sparsify_section(w):
+    """The sparse keys a method (or a sweep point, which also sets its tau or k) uses, as JSON."""
+    method, point = sweep_point(w.method)
+    return json.dumps({**json.loads(section("sparse", drop=SPARSIFY_IGNORES[method], dims=w.dims)), **point}, sort_keys=True)

@@ -139,25 +139,27 @@ rule claims:
     params:
         code=code("claims.py", "claims_figures.py", "metrics.py"),
         memory=lambda w, input: f"--memory {input.memory[0]}" if input.memory else "",
+        headline=METHOD,
     log:
         f"{LOGS}/claims.log",
     conda:
         "../../envs/simulation.yaml"
     shell:
-        "{ULM} claims {params.memory} --headline-input {METHOD} --kept {input.kept} --dice-kept-plot {output.dice_kept}"
+        "{ULM} claims {params.memory} --headline-input {params.headline} --kept {input.kept} --dice-kept-plot {output.dice_kept}"
         " --ablation-plot {output.ablation} --maps-plot {output.maps} --density {input.density} --learning-plot {output.learning}"
         " --train-metrics {input.train} -- {input.metrics}"
         " {output.table} > {log} 2>&1"
 
 
 rule memory:
+    input:
+        bench=BENCHMARKS / "memory.py",
     output:
         table=report(f"{RESULTS}/memory/memory.csv", caption="../report/memory.rst", category="Memory"),
         plot=report(f"{RESULTS}/memory/memory.png", caption="../report/memory.rst", category="Memory"),
         summary=f"{RESULTS}/memory/memory.json",
     params:
         code=code("nn"),
-        bench_code=lambda w: hashlib.sha256(Path(workflow.basedir, "benchmarks", "memory.py").read_bytes()).hexdigest()[:16],
         dims=" ".join(map(str, config["dims"])),
         quick="--quick --no-rss-check" if config["memory"]["quick"] else "",
     log:
@@ -171,5 +173,5 @@ rule memory:
         mem_mb=4000 if config["memory"]["quick"] else 16000,
         runtime=60,
     shell:
-        "{PYTHON} {BENCHMARKS}/memory.py {params.quick} --dims {params.dims} --threads {threads}"
+        "{PYTHON} {input.bench:q} {params.quick} --dims {params.dims} --threads {threads}"
         " --out {RESULTS}/memory > {log} 2>&1"

@@ -1,22 +1,6 @@
 # Sparse conversion, for each split: beamformed IQ -> COO blocks for the sparse networks; 8x ground-truth
 # targets and the learned mask come from the training split only.
 
-# keys that do not change a method's output (so changing them does not rerun it)
-LEARNED_KEYS = ("learned_threshold", "learned_epochs", "mask_checkpoint")
-SPARSIFY_IGNORES = {
-    "threshold": ("methods", "method", "factor", "workers", "topk_k", *LEARNED_KEYS),
-    "topk": ("methods", "method", "factor", "workers", "tau", *LEARNED_KEYS),
-    "learned": ("methods", "method", "factor", "workers", "tau", "topk_k", "learned_epochs", "mask_checkpoint"),
-}
-
-SPARSE_INPUT = r"(threshold|topk)(-[0-9.]+)?|learned"  # a method, or a sweep point such as threshold-0.05 (train.sweep)
-
-
-def sparsify_section(w):
-    """The sparse keys a method (or a sweep point, which also sets its tau or k) uses, as JSON."""
-    method, point = sweep_point(w.method)
-    return json.dumps({**json.loads(section("sparse", drop=SPARSIFY_IGNORES[method], dims=w.dims)), **point}, sort_keys=True)
-
 
 rule mask:
     input:
