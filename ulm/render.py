@@ -247,20 +247,31 @@ def density_from_coo(path: str | Path, kind: str = "pred", shape: tuple[int, ...
     factor = int(store.attrs["factor"])
     shape = tuple(int(n) for n in shape) if shape is not None else _coo_shape(store)
     grid = FineGrid(np.asarray(store.attrs["origin_um"], float), np.asarray(store.attrs["spacing_um"], float), shape, factor)
+
+    def fine_sites(b: int) -> np.ndarray:
+        coords, feats = store.block(b)
+        return coords[feats[:, 0] > threshold].astype(np.int64) + factor * store.origin[b, 1:]
+
+    return _count_time_blocks(store, fine_sites, shape, f"render {kind}", progress, blocks), grid
+
+
+def _count_time_blocks(store: CooStore, fine_sites, shape: tuple[int, ...], desc: str, progress: bool,
+                       blocks: list | None) -> np.ndarray:  # fmt: skip
+    """Fine sites of the tiles of each time block (``fine_sites(b)``: (K, D) fine indices of COO block b),
+    OR-ed over the tiles and counted over time blocks: float32 map of ``shape``; with ``blocks``, each time
+    block's marked pixels (flat indices) are appended to it."""
     count = np.zeros(int(np.prod(shape)), np.float32)
-    starts = np.unique(store.origin[:, 0])
-    for t0 in tqdm(starts, unit="block", desc=f"render {kind}", disable=not progress):
+    for t0 in tqdm(np.unique(store.origin[:, 0]), unit="block", desc=desc, disable=not progress):
         flat = []
         for b in np.flatnonzero(store.origin[:, 0] == t0):
-            coords, feats = store.block(int(b))
-            sites = coords[feats[:, 0] > threshold].astype(np.int64) + factor * store.origin[b, 1:]
+            sites = fine_sites(int(b))
             inside = np.all((sites >= 0) & (sites < np.asarray(shape)), axis=1)
             flat.append(np.ravel_multi_index(tuple(sites[inside].T), shape))
         marked = np.unique(np.concatenate(flat))
         count[marked] += 1.0
         if blocks is not None:
             blocks.append(marked)
-    return count.reshape(shape), grid
+    return count.reshape(shape)
 
 
 def density_from_input(path: str | Path, grid: FineGrid, progress: bool = False, blocks: list | None = None) -> np.ndarray:
@@ -270,22 +281,14 @@ def density_from_input(path: str | Path, grid: FineGrid, progress: bool = False,
 
     Returns float32 (Zf, Xf) or (Zf, Yf, Xf) on ``grid``; ``blocks`` as :func:`density_from_coo`."""
     store = CooStore(path, "sparse")
-    f, shape = grid.factor, np.asarray(grid.shape)
+    f = grid.factor
     cell = np.stack(np.meshgrid(*[np.arange(f)] * grid.dims, indexing="ij"), -1).reshape(-1, grid.dims)
-    count = np.zeros(int(np.prod(shape)), np.float32)
-    for t0 in tqdm(np.unique(store.origin[:, 0]), unit="block", desc="render trivial", disable=not progress):
-        flat = []
-        for b in np.flatnonzero(store.origin[:, 0] == t0):
-            coords, _ = store.block(int(b))
-            coarse = np.unique(coords[:, 1:].astype(np.int64), axis=0) + store.origin[b, 1:]
-            fine = (f * coarse[:, None, :] + cell[None]).reshape(-1, grid.dims)
-            inside = np.all((fine >= 0) & (fine < shape), axis=1)
-            flat.append(np.ravel_multi_index(tuple(fine[inside].T), tuple(shape)))
-        marked = np.unique(np.concatenate(flat))
-        count[marked] += 1.0
-        if blocks is not None:
-            blocks.append(marked)
-    return count.reshape(tuple(shape))
+
+    def fine_sites(b: int) -> np.ndarray:  # every fine pixel under the block's kept coarse sites
+        coarse = np.unique(store.block(b)[0][:, 1:].astype(np.int64), axis=0) + store.origin[b, 1:]
+        return (f * coarse[:, None, :] + cell[None]).reshape(-1, grid.dims)
+
+    return _count_time_blocks(store, fine_sites, tuple(grid.shape), "render trivial", progress, blocks)
 
 
 def split_halves(loc: Localizations, by: str = "tracks") -> tuple[np.ndarray, np.ndarray]:
