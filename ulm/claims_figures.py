@@ -11,27 +11,10 @@ import numpy as np
 from ulm.claims import CONVENTIONAL, SPARSE, TRIVIAL, dice_vs_kept
 from ulm.config import ABLATIONS, network_map_name
 from ulm.metrics import jackknife_interval
+from ulm.plots import _save, plt
 from ulm.store import read_density
 
 MARKERS = {"threshold": "o", "topk": "s", "learned": "^"}
-
-
-def _pyplot():
-    import matplotlib
-
-    if matplotlib.get_backend().lower() not in ("agg", "pdf", "svg", "ps", "cairo"):
-        matplotlib.use("Agg")  # a stage draws to files only
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, path: str | Path) -> None:
-    from ulm.store import atomic_path
-
-    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-        fig.savefig(fh, format="png", dpi=110)
-    _pyplot().close(fig)
 
 
 def _ci(run: dict, name: str) -> float:
@@ -43,7 +26,6 @@ def plot_dice_vs_kept(runs: dict, kept: dict, headline_input: str, path: str | P
     """Dice of the network trained and scored on each sparsification against the fraction of sites it
     keeps, one panel per dimensionality with a sweep, one line per concentration; the trivial predictor
     and conventional ULM of the highest concentration as dashed levels."""
-    plt = _pyplot()
     labels = {d: {k[2] for k in kept if k[0] == d} for d in (2, 3)}
     dims_list = [d for d in (2, 3) if len(labels[d]) > 1] or [2]  # dimensionalities with a sweep
     fig, axes = plt.subplots(1, len(dims_list), figsize=(5.6 * len(dims_list), 4.2), squeeze=False, layout="constrained")
@@ -85,7 +67,6 @@ def plot_dice_vs_kept(runs: dict, kept: dict, headline_input: str, path: str | P
 def plot_ablation(runs: dict, path: str | Path) -> None:
     """Dice of the headline network, its variants, conventional ULM and the trivial predictor at the
     highest concentration of each dimensionality, with 95 % jackknife intervals."""
-    plt = _pyplot()
     names = [SPARSE] + [network_map_name("sparse", v) for v in ABLATIONS] + [network_map_name("dense"), CONVENTIONAL, TRIVIAL]
     labels = ["headline"] + list(ABLATIONS) + ["dense twin", "conventional", "trivial"]
     dims_list = sorted({d for d, _ in runs})
@@ -115,7 +96,6 @@ def plot_maps(density_dirs: dict[tuple[int, int], Path], path: str | Path, gamma
     """Density maps side by side: one row per (dims, concentration) given (e.g. the lowest and the
     highest of each dimensionality), columns ground truth, conventional, sparse, dense, trivial
     (3D: maximum intensity projection along y)."""
-    plt = _pyplot()
     from matplotlib.colors import PowerNorm
 
     columns = ["ground_truth", CONVENTIONAL, SPARSE, network_map_name("dense"), TRIVIAL]
@@ -147,7 +127,6 @@ def plot_learning(train_metrics: list[str | Path], path: str | Path) -> None:
     validation blocks dashed, one panel per dimensionality (folders ``<d>d/net-<model>-<input>-<variant>``)."""
     import csv
 
-    plt = _pyplot()
     curves: dict[str, list[tuple[str, list[dict]]]] = {}
     for p in map(Path, train_metrics):
         with open(p, newline="") as fh:
