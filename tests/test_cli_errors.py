@@ -110,13 +110,13 @@ def test_config_file_that_is_not_a_mapping_is_named(tmp_path: Path, capsys, text
     assert "mapping" in line
 
 
-def test_failed_stage_removes_stale_output_and_tmp(tmp_path: Path, capsys):
+def test_failed_stage_keeps_the_previous_output(tmp_path: Path, capsys):
     out = tmp_path / "graph.zarr"
-    out.mkdir()
-    (out / "zarr.json").write_text("{}")
-    out.with_name("graph.zarr.tmp").mkdir()
-    line = run_failing(["graph", tmp_path / "nothere.mat", out], capsys, out)
+    assert main(["graph", "--set", SMALL, "synthetic", str(out)]) == 0
+    before = sorted((p.relative_to(out), p.read_bytes()) for p in out.rglob("*") if p.is_file())
+    line = run_failing(["graph", tmp_path / "nothere.mat", out], capsys, out.with_name("graph.zarr.tmp"))
     assert "nothere.mat" in line
+    assert sorted((p.relative_to(out), p.read_bytes()) for p in out.rglob("*") if p.is_file()) == before
 
 
 # ------------------------------------------------------------------------------------ config
@@ -186,3 +186,10 @@ def test_graph_flow_bubbles_chain_writes_readable_stores(tmp_path: Path, capsys)
     assert len(tracks.frame) == 150
     assert tracks.pos_um.shape == (150, 3)
     np.testing.assert_array_equal(np.diff(tracks.frame_offsets), 3)
+
+
+def test_messages_write_numbers_as_a_person_does():
+    from ulm.cli import _one_line
+
+    message = f"crop {[np.float64(600.0), np.int64(3)]} outside\n the graph"
+    assert _one_line(message) == "crop [600.0, 3] outside the graph"

@@ -1,9 +1,12 @@
 """Metrics (Dice, localization scores, FRC) against known answers, and density rendering on the fine grid."""
 
 import json
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
+import zarr
 
 from ulm.config import load_config
 from ulm.errors import UlmError
@@ -212,13 +215,20 @@ def test_perfect_localizations_render_as_the_ground_truth(imaged_run):
     assert dice(points, gt) > 0.5
 
 
+def perfect_pred(src: Path, folder: Path) -> Path:
+    """The target store relabelled as a network's pred.zarr: a network that is always right."""
+    shutil.copytree(src / "target.zarr", folder / "pred.zarr")
+    zarr.open_group(str(folder / "pred.zarr"), mode="r+").attrs["ulm_kind"] = "pred"
+    return folder / "pred.zarr"
+
+
 def test_render_all_writes_density_stores_pngs_and_metrics(imaged_run, tmp_path):
     from ulm.conventional import localize_iq
 
     src, cfg = imaged_run
     localize_iq(src / "iq.zarr", tmp_path / "localizations.zarr", cfg["conventional"], progress=False)
     paths = render_all(src / "tracks.zarr", src / "iq.zarr", tmp_path / "density", cfg, tmp_path / "localizations.zarr",
-                       src / "target.zarr", progress=False)  # fmt: skip
+                       perfect_pred(src, tmp_path), progress=False)  # fmt: skip
     assert set(paths) == {"ground_truth", "conventional", "network"}
     for name, path in paths.items():
         d = read_density(path)
@@ -272,7 +282,7 @@ def test_trivial_predictor_paints_the_kept_input_sites_block_by_block(imaged_run
 
 def test_metrics_carry_tolerant_scores_and_leave_one_block_out_replicates(imaged_run, tmp_path):
     tmp, cfg = imaged_run
-    written = render_all(tmp / "tracks.zarr", tmp / "iq.zarr", tmp_path / "density", cfg, pred_path=tmp / "target.zarr",
+    written = render_all(tmp / "tracks.zarr", tmp / "iq.zarr", tmp_path / "density", cfg, pred_path=perfect_pred(tmp, tmp_path),
                          progress=False)  # fmt: skip
     assert len(read_density(written["network"]).blocks) == 2
     out = compute_metrics(tmp / "tracks.zarr", cfg, density_paths=written)

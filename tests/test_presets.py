@@ -1,7 +1,9 @@
 """The presets: the tiny one runs the whole experiment grid for real, the paper ones list theirs."""
 
 import csv
+import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,9 +15,9 @@ from test_workflow import planned_jobs  # rule -> job count of a dry run
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def snakemake(workdir: Path, *args: str, timeout: int = 1800) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--directory", str(workdir)]
-    cmd += ["--configfile", str(ROOT / "config.yaml"), "--cores", "2", *args]
+def snakemake(workdir: Path, *args: str, timeout: int = 1800, root: Path = ROOT) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(root / "Snakefile"), "--directory", str(workdir)]
+    cmd += ["--configfile", str(root / "config.yaml"), "--cores", "2", *args]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
 
 
@@ -86,7 +88,69 @@ def check_tiny_run(workdir: Path) -> None:
 def test_tiny_preset_runs_the_whole_grid_and_its_report(tmp_path):
     result = snakemake(tmp_path, "--config", "preset=tiny")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert planned_jobs(snakemake(tmp_path, "-n", "--config", "preset=tiny")) == {}  # a complete run is up to date
     check_tiny_run(tmp_path)
+
+
+PRESETS = sorted(p.stem for p in (ROOT / "workflow" / "presets").glob("*.yaml"))
+UNTESTED_PRESETS = [p for p in PRESETS if p != "tiny"]  # tiny runs for real above, and is checked the same way
+ALL_TRIGGERS = ("mtime", "params", "input", "software-env", "code")  # Snakemake's default --rerun-triggers
+
+
+@pytest.fixture(scope="module")
+def frozen_workflow(tmp_path_factory) -> Path:
+    """The workflow and package copied aside: the `code` params digest ulm's sources, which must not change
+    (someone editing the checkout) between the run and the dry run that checks it."""
+    copy = tmp_path_factory.mktemp("repo")
+    for name in ("Snakefile", "config.yaml", "workflow", "ulm", "envs", "benchmarks"):
+        src = ROOT / name
+        if src.is_dir():
+            shutil.copytree(src, copy / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(src, copy / name)
+    return copy
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("preset", [None, *UNTESTED_PRESETS], ids=["demo", *UNTESTED_PRESETS])
+def test_a_complete_run_leaves_nothing_to_do(tmp_path, frozen_workflow, preset):
+    """After a complete run of the demo (config.yaml) or of a preset, a dry run plans no job.
+
+    Running the presets for real would take hours, so the run is Snakemake's own ``--touch``: every output
+    of the DAG (listed by ``--summary``) is made empty (``.zarr`` and suffix-less outputs as directories,
+    the workflow's ``directory()`` outputs; a mistake here fails ``--touch`` on that path), then ``--touch
+    --forceall`` executes every job as a touch, in DAG order. That goes through the scheduler's
+    postprocessing like a real job: Snakemake records each output's metadata (params, rule code, input
+    list, software stack; checked below), and a later dry run evaluates every rerun trigger against it, in
+    a new process that recomputes the params, inputs and code digests. So this catches a param or input
+    that differs between invocations (a temporary path, a timestamp, an unordered dict or set, a float
+    formatted differently) and a rule whose code text changes; not a job that rewrites an upstream output
+    while it runs (none does: the stages write their stores to a temporary path and move them into place),
+    which the real runs (tests/test_workflow.py, the tiny preset) cover. ``--list-changes params`` is no
+    help: Snakemake 9.27 lists every output with params there, changed or not.
+    """
+    run = ["--config", f"preset={preset}"] if preset else []
+    summary = snakemake(tmp_path, "--summary", *run, root=frozen_workflow)
+    assert summary.returncode == 0, summary.stderr[-2000:]
+    outputs = [line.split("\t")[0] for line in summary.stdout.splitlines()[1:] if "\t" in line]
+    assert len(outputs) > 40
+    for name in outputs:
+        path = tmp_path / name
+        if path.suffix in ("", ".zarr"):
+            path.mkdir(parents=True, exist_ok=True)
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.touch()
+    touch = snakemake(tmp_path, "--touch", "--forceall", *run, root=frozen_workflow)
+    assert touch.returncode == 0, touch.stdout[-2000:] + touch.stderr[-2000:]
+    records = [json.loads(f.read_text()) for f in (tmp_path / ".snakemake" / "metadata").iterdir()]
+    assert len(records) == len(outputs)  # one per output, in the format whose params a dry run compares (6+)
+    assert all(r["record_format_version"] >= 6 and r["params"] and r["code"] and not r["incomplete"] for r in records)
+    assert planned_jobs(snakemake(tmp_path, "-n", "--rerun-triggers", *ALL_TRIGGERS, *run, root=frozen_workflow)) == {}
+    if preset is None:  # not vacuous: a changed parameter is seen through the recorded params alone
+        changed = snakemake(tmp_path, "-n", "--rerun-triggers", "params", "--config", "seed=1234", root=frozen_workflow)
+        assert planned_jobs(changed)["bubbles"] == 2
+        assert "Params have changed since last execution" in changed.stdout + changed.stderr
 
 
 @pytest.mark.parametrize(

@@ -17,7 +17,7 @@ SMALL = {
     "bubbles": {"n_frames": 512, "chunk_frames": 128},
     "sparse": {"block_frames": 128},  # the network pools time by 128: 4 blocks, 3 to train and 1 to validate
     "train": {"epochs": 1, "width": 4},
-    "memory": {"enabled": False},  # the tiny preset's test runs the memory study
+    "memory": {"quick": True},  # the quick study (2D only: ~1.5 min on 2 cores), so that the rerun tests cover its rule
 }
 EVALUATION = {"render": 1, "metrics": 1, "summary": 1, "claims": 1}
 NETWORK = {"train": 1, "infer": 1, **EVALUATION}
@@ -75,7 +75,7 @@ def test_pipeline_writes_contract_stores_and_plots(finished_run):
     produced += ["test/2d/c3/density/network_sparse_cnn.zarr", "test/2d/c3/comparison.png", "test/2d/c3/metrics.json"]
     produced += ["metrics.csv", "dice.png", "ablation.csv", "tradeoff.png"]
     produced += ["claims.csv", "dice_kept.png", "ablation.png", "maps.png", "learning.png"]
-    produced += ["test/2d/c3/density/trivial.zarr"]
+    produced += ["test/2d/c3/density/trivial.zarr", "memory/memory.csv", "memory/memory.png", "memory/memory.json"]
     for name in produced:
         assert (out / name).exists(), name
     assert not list(out.rglob("*.tmp"))
@@ -98,7 +98,7 @@ RERUN_CASES = [
     ({"forward": {"workers": 1}}, {}),
     ({"forward": {"dask_scheduler": "tcp://127.0.0.1:8786"}}, {}),  # where the frames are computed does not change them
     ({"probe": {"f_number": 1.5}}, {**IMAGING, "all": 1}),
-    ({"dims": [2, 3]}, {**IMAGING, "all": 1}),
+    ({"dims": [2, 3]}, {**IMAGING, "memory": 1, "all": 1}),  # the memory study measures every dimension of the run
     ({"sparse": {"block_frames": 128, "tau": 0.2}}, {"sparsify": 2, **NETWORK, "all": 1}),
     ({"sparse": {"block_frames": 128, "topk_k": 500}}, {"sparsify": 2, "summary": 1, "all": 1}),
     ({"sparse": {"block_frames": 128, "factor": 4}}, {"targets": 1, **NETWORK, "all": 1}),
@@ -109,7 +109,8 @@ RERUN_CASES = [
     ({"conventional": {"max_gap_frames": 1}}, {"conventional": 1, **EVALUATION, "all": 1}),
     ({"render": {"gamma": 1.0}}, {**EVALUATION, "all": 1}),
     ({"metrics": {"frc_split": "frames"}}, {"metrics": 1, "summary": 1, "claims": 1, "all": 1}),
-    ({"memory": {"enabled": True}}, {"memory": 1, "claims": 1, "all": 1}),
+    ({"memory": {"quick": False}}, {"memory": 1, "claims": 1, "all": 1}),
+    ({"memory": {"enabled": False}}, {"claims": 1, "all": 1}),  # claims without the memory study
     # a 3D setting does not touch a 2D run
     ({"concentrations_3d": [5]}, {}),
     ({"overrides_3d": {"train": {"width": 8}, "sparse": {"tau": 0.3}}}, {}),
@@ -164,7 +165,7 @@ def test_test_data_from_the_training_graph_is_refused_before_any_job(tmp_path):
         ("flow.py", {"flow": 2, **GROUND_TRUTH, "all": 1}),
         ("forward/psf.py", {**IMAGING, "all": 1}),
         ("targets.py", {"targets": 1, **NETWORK, "all": 1}),
-        ("nn/spec.py", {**NETWORK, "all": 1}),
+        ("nn/spec.py", {**NETWORK, "memory": 1, "all": 1}),  # the memory study measures the network
         ("summary.py", {"summary": 1, "all": 1}),
     ],
 )

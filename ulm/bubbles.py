@@ -18,10 +18,10 @@ from pathlib import Path
 
 import numba as nb
 import numpy as np
-from tqdm import tqdm
 
 from ulm.errors import UlmError
 from ulm.parallel import prefer_threadsafe_layer
+from ulm.progress import progress_log
 from ulm.store import Flow, Graph, TracksWriter
 
 prefer_threadsafe_layer()
@@ -241,7 +241,7 @@ def simulate_tracks(graph: Graph, flow: Flow, cfg: dict, seed: int, path: str | 
     kwargs = dict(frame_rate_hz=cfg["frame_rate_hz"], floor=cfg["profile_floor"],
                   pulse_bpm=cfg["pulsatility_rate_bpm"], pulse_amp=cfg["pulsatility_amplitude"])  # fmt: skip
     blocks = [min(chunk, n_frames - f0) for f0 in range(0, n_frames, chunk)]
-    bar = tqdm(total=n_frames, unit="frame", desc="bubbles", disable=not progress)
+    bar = progress_log(total=n_frames, unit="frame", desc="bubbles", enabled=progress)
     if path is None:
         parts = []
         for n in blocks:

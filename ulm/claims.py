@@ -19,7 +19,6 @@ the methods it compares, so that a network that paints a blob is seen for what i
 from __future__ import annotations
 
 import csv
-import json
 import math
 import re
 from pathlib import Path
@@ -28,7 +27,7 @@ import numpy as np
 
 from ulm.config import ABLATIONS, network_map_name, parse_network_map_name
 from ulm.errors import UlmError
-from ulm.metrics import jackknife_interval
+from ulm.metrics import jackknife_interval, read_json_object, read_metrics_file
 from ulm.store import atomic_path
 
 SPARSE, DENSE, CONVENTIONAL, TRIVIAL = network_map_name("sparse"), network_map_name("dense"), "conventional", "trivial"
@@ -76,14 +75,31 @@ def read_runs(paths: list[str | Path]) -> dict[tuple[int, int], dict]:
     """(dims, concentration) -> metrics.json of that test run (labelled ``<d>d/c<c>`` by `ulm metrics`)."""
     runs = {}
     for path in map(Path, paths):
-        if not path.is_file():
-            raise UlmError(f"metrics file {path}: not found")
-        m = json.loads(path.read_text())
-        match = _LABEL.match(m.get("label", ""))
+        m = read_metrics_file(path, ("label",))
+        match = _LABEL.match(m["label"])
         if not match:
             raise UlmError(f"metrics file {path}: label {m.get('label')!r} is not <dims>d/c<concentration>")
+        if "dice" not in m:
+            raise UlmError(f"metrics file {path}: missing key(s) ['dice'] (scores of the density maps)")
         runs[int(match[1]), int(match[2])] = m
     return runs
+
+
+MEMORY_KEYS = ("ratio_2d", "ratio_3d", "ratio_3d_pruned")
+
+
+def read_memory(path: str | Path) -> dict:
+    """``memory.json`` of the memory study (benchmarks/memory.py --out), checked: a JSON object with at least one
+    of ratio_2d / ratio_3d, and every dense / sparse ratio that the claims read a positive finite number."""
+    memory = read_json_object(path, "memory file")
+    if not any(k in memory for k in MEMORY_KEYS[:2]):
+        raise UlmError(f"memory file {path}: missing key ratio_2d or ratio_3d (dense / sparse peak memory)")
+    for key in MEMORY_KEYS + tuple(k.replace("ratio_", "ratio_eq1_") for k in MEMORY_KEYS):
+        value = memory.get(key)
+        if key in memory and not (isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+                                  and value > 0):  # fmt: skip
+            raise UlmError(f"memory file {path}: key {key} must be a positive finite number, got {value!r}")
+    return memory
 
 
 def _difference(run: dict, a: str, b: str) -> dict:

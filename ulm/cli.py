@@ -1,35 +1,27 @@
 """`ulm <stage> [--config FILE] [--set section.key=value ...] INPUT... OUTPUT`.
 
-Only argument parsing lives here; each stage is one call into its module. Bad input ends with one
-line on stderr naming the problem, exit status 2, and no output left behind.
-"""
+Only argument parsing lives here; each stage is one call into its module. Before any work, every
+output path is checked (never an input, never something the stage did not write); the stage's outputs
+then replace their old versions together, only on success. Bad input ends with one line on stderr
+naming the problem, exit status 2, and every previous output left as it was."""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
 import json
+import os
+import re
+import signal
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 
 from ulm.config import derive_seed, load_config
 from ulm.errors import UlmError
-from ulm.store import atomic_path, remove_path
-
-
-@contextlib.contextmanager
-def all_or_nothing(*paths: str | Path | None) -> Iterator[None]:
-    """Remove every listed output (and its temp) if the block fails: a rerun never trusts half of them."""
-    try:
-        yield
-    except BaseException:
-        for path in filter(None, map(Path, filter(None, paths))):
-            remove_path(path)
-            remove_path(path.with_name(path.name + ".tmp"))
-        raise
+from ulm.store import atomic_path, check_output, staged, transaction
 
 
 def cmd_graph(args: argparse.Namespace, cfg: dict) -> None:
@@ -60,12 +52,13 @@ def cmd_bubbles(args: argparse.Namespace, cfg: dict) -> None:
     from ulm.plots import plot_tracks
     from ulm.store import read_flow, read_graph, read_tracks
 
-    graph, flow = read_graph(args.graph), read_flow(args.flow)
+    graph = read_graph(args.graph)
+    flow = read_flow(args.flow, graph, args.graph)
     bcfg = cfg["bubbles"]
     seed = derive_seed(cfg["seed"], "bubbles", bcfg["concentration"])
     simulate_tracks(graph, flow, bcfg, seed, path=args.output, progress=not args.quiet)
     if args.plot:
-        plot_tracks(read_tracks(args.output), bcfg["concentration"], args.plot)
+        plot_tracks(read_tracks(staged(args.output)), bcfg["concentration"], args.plot)
 
 
 def cmd_forward(args: argparse.Namespace, cfg: dict) -> None:
@@ -79,7 +72,7 @@ def cmd_forward(args: argparse.Namespace, cfg: dict) -> None:
         from ulm.plots import plot_iq
         from ulm.store import read_iq
 
-        plot_iq(read_iq(args.output), args.plot)
+        plot_iq(read_iq(staged(args.output)), args.plot)
     fw = model.table.at(model.grid.extent_xyz()[2].mean())["fwhm_um"]
     print(
         f"forward: {dims}D {model.mode}, grid {model.grid.array_shape}, PSF FWHM (x, y, z) {np.round(fw, 1)} um", file=sys.stderr
@@ -92,14 +85,14 @@ def cmd_sparsify(args: argparse.Namespace, cfg: dict) -> None:
     from ulm.sparse import sparsify_iq, store_bytes, trade_off
 
     scfg = cfg["sparse"]
+    if args.csv and not args.tracks:
+        raise UlmError("sparsify --csv needs --tracks (the ground truth of the trade-off)")
     tiling = sparsify_iq(args.iq, args.output, scfg, progress=not args.quiet)
-    iq_bytes, sparse_bytes = store_bytes(args.iq), store_bytes(args.output)
+    iq_bytes, sparse_bytes = store_bytes(args.iq), store_bytes(staged(args.output))
     print(
         f"sparsify: {len(tiling)} blocks of {tiling.block_shape}, {sparse_bytes / 1e6:.2f} MB vs iq {iq_bytes / 1e6:.2f} MB",
         file=sys.stderr,
     )
-    if args.csv and not args.tracks:
-        raise UlmError("sparsify --csv needs --tracks (the ground truth of the trade-off)")
     if args.tracks and (args.csv or args.plot):
         from ulm.plots import plot_trade_off
 
@@ -166,8 +159,9 @@ def cmd_render(args: argparse.Namespace, cfg: dict) -> None:
     for item in args.pred:
         name, sep, path = item.rpartition("=")
         preds[name if sep else "network"] = Path(path)
-    render_all(args.tracks, args.iq, args.output, cfg, loc_path=args.localizations, pred_path=preds, progress=not args.quiet,
-               input_path=args.input)  # fmt: skip
+    with atomic_path(args.output) as folder:  # the whole folder replaces the previous one
+        render_all(args.tracks, args.iq, folder, cfg, loc_path=args.localizations, pred_path=preds, progress=not args.quiet,
+                   input_path=args.input)  # fmt: skip
 
 
 def cmd_metrics(args: argparse.Namespace, cfg: dict) -> None:
@@ -199,7 +193,7 @@ def cmd_claims(args: argparse.Namespace, cfg: dict) -> None:
     from ulm import claims, claims_figures
 
     runs = claims.read_runs(args.metrics)
-    memory = json.loads(Path(args.memory).read_text()) if args.memory else None
+    memory = claims.read_memory(args.memory) if args.memory else None
     kept = claims.read_kept(args.kept)
     rows = claims.claims_table(runs, memory, kept, args.headline_input)
     claims.write_claims(rows, args.output)
@@ -311,16 +305,104 @@ def parser() -> argparse.ArgumentParser:
     return top
 
 
+# what each stage writes at OUTPUT (a store kind, a folder of density stores, or a plain file)
+OUTPUT_KIND = {"graph": "graph", "flow": "flow", "bubbles": "tracks", "forward": "iq", "sparsify": "sparse", "mask": "file",
+               "targets": "target", "train": "file", "infer": "pred", "conventional": "localizations",
+               "render": "density-folder", "metrics": "file", "summary": "file", "claims": "file"}  # fmt: skip
+EXTRA_OUTPUTS = ("plot", "csv", "dice_plot", "ablation", "tradeoff_plot", "dice_kept_plot", "ablation_plot", "maps_plot",
+                 "learning_plot")  # fmt: skip
+TRAIN_SIBLINGS = ("last.pt", "metrics.csv", "train.png")  # written beside model.pt
+
+
+def outputs(args: argparse.Namespace) -> list[tuple[Path, str]]:
+    """Every path the stage will write, with its kind (see :func:`ulm.store.check_output`)."""
+    out = [(Path(args.output), OUTPUT_KIND[args.stage])]
+    out += [(Path(p), "file") for p in (getattr(args, name, None) for name in EXTRA_OUTPUTS) if p]
+    if args.stage == "train":
+        out += [(Path(args.output).with_name(name), "file") for name in TRAIN_SIBLINGS]
+    return out
+
+
+NOT_PATHS = ("stage", "overrides", "label", "headline_input")  # string arguments that name no file
+
+
+def inputs(args: argparse.Namespace) -> list[Path]:
+    """Every path the stage reads (the config file included)."""
+    found = []
+    for name, value in vars(args).items():
+        if name in ("output", *EXTRA_OUTPUTS, *NOT_PATHS):
+            continue
+        for item in value if isinstance(value, list) else [value]:
+            if name == "source" and (item == "synthetic" or item.startswith("bundled:")):
+                continue
+            if isinstance(item, str | Path):
+                found.append(Path(str(item).rpartition("=")[2]) if name == "pred" else Path(item))  # pred: [NAME=]PATH
+    return found
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    """Refuse outputs that would destroy an input or something the stage did not write (before any work)."""
+    seen = set()
+    for path, kind in outputs(args):
+        if path.resolve() in seen:
+            raise UlmError(f"output {path}: given twice; each output needs its own path")
+        seen.add(path.resolve())
+        check_output(path, kind, inputs(args))
+
+
+def _terminate(signum, frame) -> None:
+    raise KeyboardInterrupt  # SIGTERM (Slurm, Snakemake) cleans up like Ctrl-C
+
+
+_NUMPY_REPR = re.compile(r"np\.(?:float|int|uint|bool_|str_)\w*\(([^()]*)\)")  # np.float64(600.0) -> 600.0
+
+
+def _one_line(text: object) -> str:
+    """A message on one line, numbers as a person writes them."""
+    return _NUMPY_REPR.sub(r"\1", " ".join(str(text).split()))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    func = STAGES[args.stage][0]
+    func, name = STAGES[args.stage][0], f"ulm {args.stage}"
+    with _sigterm_interrupts():
+        return _run(args, func, name)
+
+
+def _run(args: argparse.Namespace, func: Callable, name: str) -> int:
     try:
         cfg = load_config(args.config, args.overrides)
-        extra = [getattr(args, name, None) for name in ("plot", "csv", "dice_plot", "ablation", "tradeoff_plot", "dice_kept_plot",
-                                                         "ablation_plot", "maps_plot", "learning_plot")]  # fmt: skip
-        with all_or_nothing(args.output, *extra):
+        _check_outputs(args)
+        with transaction():  # every output replaces its old version only when the whole stage succeeds
             func(args, cfg)
     except UlmError as exc:
-        print(f"ulm {args.stage}: error: {' '.join(str(exc).split())}", file=sys.stderr)  # always one line
+        print(f"{name}: error: {_one_line(exc)}", file=sys.stderr)  # always one line
         return 2
+    except KeyboardInterrupt:
+        print(f"{name}: interrupted; every previous output is left as it was", file=sys.stderr)
+        return 130
+    except OSError as exc:  # unwritable folder, full disk, ...
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"{name}: error: {where}{_one_line(exc.strerror or exc)}", file=sys.stderr)
+        return 2
+    except Exception as exc:
+        if os.environ.get("ULM_TRACEBACK"):
+            raise
+        print(f"{name}: error: unexpected {type(exc).__name__}: {_one_line(exc)} (a damaged input or a bug; "
+              "ULM_TRACEBACK=1 shows where)", file=sys.stderr)  # fmt: skip
+        return 1
     return 0
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """Within the block, SIGTERM (Slurm, Snakemake) stops the stage like Ctrl-C: outputs stay as they were."""
+    try:
+        previous = signal.signal(signal.SIGTERM, _terminate)
+    except ValueError:  # not the main thread: leave signals alone
+        previous = _terminate
+    try:
+        yield
+    finally:
+        if previous is not _terminate:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)

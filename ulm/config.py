@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import hashlib
+import math
 import re
 from functools import cache
 from importlib import resources
@@ -20,6 +21,8 @@ import jsonschema
 import yaml
 
 from ulm.errors import UlmError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent  # the checkout holding workflow/presets/ (absent when installed)
 
 
 @cache
@@ -61,6 +64,18 @@ def _describe(error: jsonschema.ValidationError) -> str:
     return f"config key {path}: {error.message}"
 
 
+def _check_finite(value: Any, path: str = "") -> None:
+    """Every number of a config is finite: NaN or inf would pass the schema's bounds unnoticed."""
+    if isinstance(value, dict):
+        for key, sub in value.items():
+            _check_finite(sub, f"{path}.{key}" if path else str(key))
+    elif isinstance(value, list):
+        for k, sub in enumerate(value):
+            _check_finite(sub, f"{path}.{k}")
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise UlmError(f"config key {path or '<top level>'}: must be a finite number, got {value}")
+
+
 def validate_config(cfg: dict) -> dict:
     """Return a validated copy of ``cfg`` with every default filled in.
 
@@ -74,6 +89,7 @@ def validate_config(cfg: dict) -> dict:
     out = copy.deepcopy(cfg)
     _coerce_strings(out, schema())
     _fill_defaults(out, schema())
+    _check_finite(out)
     validator = jsonschema.Draft202012Validator(schema())
     errors = sorted(validator.iter_errors(out), key=lambda e: (len(e.absolute_path), str(e.absolute_path)))
     if errors:
@@ -162,7 +178,13 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> di
             raise UlmError(f"config file {path}: not valid YAML ({exc})") from None
         if not isinstance(cfg, dict):
             raise UlmError(f"config file {path}: must be a mapping of sections, got {type(cfg).__name__}")
-    return validate_config(apply_overrides(cfg, list(overrides)))
+    cfg = apply_overrides(cfg, list(overrides))
+    if isinstance(cfg.get("preset"), str) and cfg["preset"]:  # as the Snakefile: preset over config, --set over both
+        if not (REPO_ROOT / "workflow" / "presets").is_dir():
+            raise UlmError(f"config key preset: {cfg['preset']!r} cannot be applied outside the repository checkout "
+                           f"(no {REPO_ROOT / 'workflow' / 'presets'})")  # fmt: skip
+        apply_preset(cfg, REPO_ROOT, apply_overrides({}, list(overrides)))
+    return validate_config(cfg)
 
 
 # the ablation grid (train.ablations): the reference's variants of the headline network, as changes to

@@ -40,11 +40,11 @@ from pathlib import Path
 import numba as nb
 import numpy as np
 from scipy.optimize import linear_sum_assignment
-from tqdm import tqdm
 
 from ulm.errors import UlmError
 from ulm.forward.realism import svd_filter
 from ulm.parallel import prefer_threadsafe_layer
+from ulm.progress import progress_log
 from ulm.store import LocalizationsWriter, read_iq
 
 prefer_threadsafe_layer()
@@ -592,7 +592,8 @@ def localize_iq(iq_path: str | Path, out_path: str | Path, cfg: dict, progress: 
     n_loc = 0
     block = cfg["block_frames"]
     with LocalizationsWriter(out_path, out_attrs) as writer:
-        for t0 in tqdm(range(0, n_frames, block), unit="block", desc=f"conventional {cfg['localizer']}", disable=not progress):
+        desc = f"conventional {cfg['localizer']}"
+        for t0 in progress_log(range(0, n_frames, block), unit="block", desc=desc, enabled=progress):
             rel, index = localize_block(iq.iq[t0 : t0 + block], cfg)
             pos = index_to_world(index, attrs["origin_um"], attrs["spacing_um"], plane_y)
             writer.append(t0 + rel, pos, tracker.update_frames(t0 + rel, pos))

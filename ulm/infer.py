@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from ulm.dataset import DenseBlocks, SparseBlocks
 from ulm.errors import UlmError
@@ -15,6 +14,7 @@ from ulm.imaging import fine_grid
 from ulm.nn.loss import pad_to, prediction
 from ulm.nn.network import ULMNet
 from ulm.nn.spec import NetSpec
+from ulm.progress import progress_log
 from ulm.store import CooWriter
 from ulm.train import ARCHITECTURE, build_net, pick_device
 
@@ -64,8 +64,8 @@ def predict(checkpoint: str | Path, sparse_path: str | Path, out_path: str | Pat
     origin, spacing = fine_grid(iq_grid["origin_um"], iq_grid["spacing_um"], spec.factor)
     attrs = {"factor": spec.factor, "origin_um": origin.tolist(), "spacing_um": spacing.tolist(), "checkpoint": str(checkpoint),
              "fine_block_shape": fine_block.tolist(), "threshold": 0.5}  # fmt: skip
-    with CooWriter(out_path, spec.dims, 1, attrs) as writer:
-        for b in tqdm(range(len(data)), unit="block", desc="infer", disable=not progress):
+    with CooWriter(out_path, spec.dims, 1, attrs, kind="pred") as writer:
+        for b in progress_log(range(len(data)), unit="block", desc="infer", enabled=progress):
             if dense is not None:
                 x = pad_to(dense[b][None], padded).to(device)
             else:

@@ -7,6 +7,7 @@ keeps the sites whose predicted probability exceeds ``sparse.learned_threshold``
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -88,10 +89,10 @@ def load_mask(path: str | Path) -> MaskNet:
     if not path.is_file():
         raise UlmError(f"learned mask checkpoint {path}: not found (train it with `ulm mask`)")
     try:
-        ckpt = torch.load(path, weights_only=False)
+        ckpt = torch.load(path, weights_only=True)  # tensors and numbers only: a crafted pickle cannot run code
         net = MaskNet(ckpt["dims"])
         net.load_state_dict(ckpt["model"])
-    except (KeyError, RuntimeError, EOFError, ValueError, TypeError) as exc:
+    except (KeyError, RuntimeError, EOFError, ValueError, TypeError, pickle.UnpicklingError) as exc:
         raise UlmError(f"learned mask checkpoint {path}: unreadable ({type(exc).__name__})") from None
     return net.eval()
 

@@ -32,12 +32,12 @@ import numpy as np  # noqa: E402
 from matplotlib import font_manager  # noqa: E402
 from matplotlib.colors import PowerNorm  # noqa: E402
 from mpl_toolkits.axes_grid1.anchored_artists import AnchoredSizeBar  # noqa: E402
-from tqdm import tqdm  # noqa: E402
 
 from ulm.conventional import interpolate_tracks  # noqa: E402
 from ulm.errors import UlmError  # noqa: E402
 from ulm.imaging import continuous_index, fine_grid, in_slab, slab_of  # noqa: E402
 from ulm.plots import _save  # noqa: E402
+from ulm.progress import progress_log  # noqa: E402
 from ulm.store import CooStore, Localizations, TracksReader, read_iq, read_localizations, write_density  # noqa: E402
 from ulm.targets import rasterize, segments  # noqa: E402
 
@@ -131,7 +131,7 @@ def density_from_tracks(tracks_path: str | Path, iq_path: str | Path, factor: in
     plane_y, slab = slab_of(iq.attrs)
     count = np.zeros(grid.volume_shape, np.float32)
     n_frames = min(tracks.n_frames, iq.iq.shape[0])
-    for t0, t1 in tqdm(time_blocks(n_frames, block_frames), unit="block", desc="render ground truth", disable=not progress):
+    for t0, t1 in progress_log(time_blocks(n_frames, block_frames), unit="block", desc="render ground truth", enabled=progress):
         pos, rel = tracks.frames(t0, t1)
         bubble = tracks.bubbles(int(tracks.frame_offsets[t0]), int(tracks.frame_offsets[t1]))
         keep = in_slab(pos, plane_y, slab)
@@ -207,7 +207,8 @@ def density_from_localizations(loc: str | Path | Localizations, factor: int, blo
         _, pos, _ = interpolate_tracks(frame, pos, track, interp_factor)
         return _as_map(_point_counts(grid.volume_index(pos), grid), grid), grid
     count = np.zeros(grid.volume_shape, np.float32)
-    for t0, t1 in tqdm(time_blocks(loc.n_frames, block_frames), unit="block", desc="render conventional", disable=not progress):
+    spans = time_blocks(loc.n_frames, block_frames)
+    for t0, t1 in progress_log(spans, unit="block", desc="render conventional", enabled=progress):
         rows = (frame >= t0) & (frame < t1)
         starts, ends = track_segments(grid.volume_index(pos[rows]), frame[rows], track[rows], include_untracked)
         _add_block(count, _passages(starts, ends, grid), blocks)
@@ -261,7 +262,7 @@ def _count_time_blocks(store: CooStore, fine_sites, shape: tuple[int, ...], desc
     OR-ed over the tiles and counted over time blocks: float32 map of ``shape``; with ``blocks``, each time
     block's marked pixels (flat indices) are appended to it."""
     count = np.zeros(int(np.prod(shape)), np.float32)
-    for t0 in tqdm(np.unique(store.origin[:, 0]), unit="block", desc=desc, disable=not progress):
+    for t0 in progress_log(np.unique(store.origin[:, 0]), unit="block", desc=desc, enabled=progress):
         flat = []
         for b in np.flatnonzero(store.origin[:, 0] == t0):
             sites = fine_sites(int(b))

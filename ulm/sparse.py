@@ -15,10 +15,10 @@ from pathlib import Path
 
 import dask
 import numpy as np
-from tqdm import tqdm
 
 from ulm.errors import UlmError
 from ulm.imaging import continuous_index, in_slab, slab_of
+from ulm.progress import progress_log
 from ulm.store import CooWriter, Iq, TracksReader, read_iq
 
 
@@ -158,7 +158,7 @@ def sparsify_iq(iq_path: str | Path, out_path: str | Path, cfg: dict, progress: 
     times = tiling.time_blocks()
     with (
         CooWriter(out_path, iq.dims + 1, 2, attrs) as writer,
-        tqdm(total=len(times), unit="block", desc=f"sparsify {method}", disable=not progress) as bar,
+        progress_log(total=len(times), unit="block", desc=f"sparsify {method}", enabled=progress) as bar,
     ):
         for group in (times[i : i + cfg["workers"]] for i in range(0, len(times), cfg["workers"])):
             for pieces in dask.compute(

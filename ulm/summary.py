@@ -10,7 +10,6 @@ see ``train.ablations``).
 from __future__ import annotations
 
 import csv
-import json
 import re
 from pathlib import Path
 
@@ -21,7 +20,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from ulm.config import ABLATIONS, network_map_name, parse_network_map_name  # noqa: E402
 from ulm.errors import UlmError  # noqa: E402
-from ulm.metrics import jackknife_interval  # noqa: E402
+from ulm.metrics import jackknife_interval, read_metrics_file  # noqa: E402
 from ulm.plots import _save  # noqa: E402
 from ulm.store import atomic_path  # noqa: E402
 
@@ -37,9 +36,7 @@ def read_metrics(paths: list[str | Path]) -> list[dict]:
     """The ``metrics.json`` files, each with its ``dims`` and ``concentration`` parsed from its label."""
     runs = []
     for path in map(Path, paths):
-        if not path.is_file():
-            raise UlmError(f"metrics file {path}: not found")
-        m = json.loads(path.read_text())
+        m = read_metrics_file(path, ("reference",))
         label = m.get("label") or str(path.parent)
         match = _LABEL.match(label)
         dims, conc = (int(match[1]), int(match[2])) if match else (None, None)

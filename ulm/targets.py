@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numba as nb
 import numpy as np
-from tqdm import tqdm
 
 from ulm.imaging import continuous_index, fine_grid, in_slab, slab_of
+from ulm.progress import progress_log
 from ulm.sparse import check_tracks_cover, make_tiling
 from ulm.store import CooWriter, TracksReader, read_iq
 
@@ -92,8 +92,8 @@ def make_targets(tracks_path: str | Path, iq_path: str | Path, out_path: str | P
     fine_tile = tuple(f * n for n in tiling.block_shape[1:])
     attrs = {"factor": f, "origin_um": origin.tolist(), "spacing_um": spacing.tolist(), "block_shape": list(tiling.block_shape),
              "fine_block_shape": list(fine_tile), "sparse": cfg}  # fmt: skip
-    with CooWriter(out_path, dims, 1, attrs) as writer:
-        for t0 in tqdm(tiling.time_blocks(), unit="block", desc="targets", disable=not progress):
+    with CooWriter(out_path, dims, 1, attrs, kind="target") as writer:
+        for t0 in progress_log(tiling.time_blocks(), unit="block", desc="targets", enabled=progress):
             pos, rel = tracks.frames(t0, t0 + frames)
             a, b = tracks.frame_offsets[t0], tracks.frame_offsets[t0 + frames]
             bubble = tracks.bubbles(int(a), int(b))

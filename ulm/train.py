@@ -31,7 +31,7 @@ from ulm.nn.loss import network_loss, pad_to, prediction
 from ulm.nn.network import ULMNet, n_parameters
 from ulm.nn.spec import N_HR_STAGES, NetSpec
 from ulm.sparse import held_out_start
-from ulm.store import atomic_path
+from ulm.store import atomic_path, store_digest
 
 ARCHITECTURE = "deep-stulm-reference-v1"  # written into checkpoints: another architecture's are refused
 
@@ -100,8 +100,9 @@ def dice_counts(pred: torch.Tensor, target: torch.Tensor) -> np.ndarray:
     return np.array([len(p & g), len(p), len(g)], dtype=np.int64)
 
 
-def _save(obj: dict, path: Path) -> None:
-    with atomic_path(path) as tmp:
+def _save(obj: dict, path: Path, now: bool = False) -> None:
+    """Write a checkpoint atomically (``now``: at once, even inside the stage's output transaction)."""
+    with atomic_path(path, now=now) as tmp:
         torch.save(obj, tmp)
 
 
@@ -161,7 +162,7 @@ def train(sparse_paths, target_paths, out_path: str | Path, cfg: dict, seed: int
             "factor": stores[0].factor, "n_params": n_parameters(net), "train_config": cfg,
             "trivial_val_dice": trivial_dice(val_loader, stores[0].factor)}  # fmt: skip
     last = folder / "last.pt"
-    run_key = _run_key(cfg, seed, stores)
+    run_key = _run_key(cfg, seed, stores, iq_paths if cfg["model"] == "dense" else [])
     state, best_model, opt_state = _resume(last, run_key, net, gen, cfg["resume"])
     phase_index = schedule.locate(plan, state.epoch + 1)[0] if state.epoch < schedule.total_epochs(plan) else len(plan) - 1
     opt, sched = schedule.optimizer(net.parameters(), plan[phase_index], milestones, gamma)
@@ -192,7 +193,7 @@ def train(sparse_paths, target_paths, out_path: str | Path, cfg: dict, seed: int
         bar.set_postfix(loss=f"{loss:.3f}", dice=f"{row['val_dice']:.3f}")
         _save({**meta, "state": asdict(state), "model": net.state_dict(), "best_model": best_model, "optimizer": opt.state_dict(),
                "scheduler": sched.state_dict(), "torch_rng": torch.get_rng_state(), "loader_rng": gen.get_state(),
-               "run_key": run_key}, last)  # fmt: skip
+               "run_key": run_key}, last, now=True)  # fmt: skip
     if best_model is None:  # no epoch with a validation Dice: keep the last weights
         best_model, state.best_epoch = net.state_dict(), state.epoch
     _save({**meta, "model": best_model, "epoch": state.best_epoch, "val_dice": state.best_dice}, out_path)
@@ -212,8 +213,12 @@ def _resume(last: Path, run_key: str, net: ULMNet, gen: torch.Generator, resume:
     except Exception as exc:  # a torn or foreign file: start afresh rather than trust it
         print(f"train: {last} unreadable ({type(exc).__name__}); starting afresh", flush=True)
         return TrainState(), None, None
-    if ckpt.get("run_key") != run_key or ckpt.get("architecture") != ARCHITECTURE:
-        print(f"train: {last} belongs to another run (config, data or architecture changed); starting afresh", flush=True)
+    old_key = ckpt.get("run_key") if isinstance(ckpt.get("run_key"), dict) else {}
+    changed = [what for what in ("config", "data") if old_key.get(what) != run_key[what]]
+    if ckpt.get("architecture") != ARCHITECTURE:
+        changed.append("architecture")
+    if changed:
+        print(f"train: {last} belongs to another run (its {' and '.join(changed)} changed); starting afresh", flush=True)
         return TrainState(), None, None
     net.load_state_dict(ckpt["model"])
     torch.set_rng_state(ckpt["torch_rng"])
@@ -235,16 +240,13 @@ def _train_epoch(net: ULMNet, loader: DataLoader, inputs: Inputs, opt, phase: sc
     return float(np.mean(losses))
 
 
-def _run_key(cfg: dict, seed: int, stores: list[SparseBlocks]) -> str:
-    """What a resumable run depends on: the training config (not device or workers), seed and data content."""
+def _run_key(cfg: dict, seed: int, stores: list[SparseBlocks], iq_paths=()) -> dict[str, str]:
+    """What a resumable run depends on: ``config`` (the training config but device and workers, and the
+    seed) and ``data`` (the content digests the writers recorded in the training stores)."""
     relevant = {k: v for k, v in cfg.items() if k not in ("device", "num_workers", "resume", "threads", "gpus")}
-    digest = hashlib.sha256(json.dumps([relevant, seed], sort_keys=True, default=str).encode())
-    for data in stores:
-        for store in data._open():
-            digest.update(store.offsets.tobytes() + store.origin.tobytes())
-            digest.update(np.ascontiguousarray(store._coords[:]).tobytes())
-            digest.update(np.ascontiguousarray(store._feats[:]).tobytes())
-    return digest.hexdigest()
+    paths = [p for s in stores for p in (s.sparse_path, s.target_path)] + _as_list(iq_paths or [])
+    return {"config": hashlib.sha256(json.dumps([relevant, seed], sort_keys=True, default=str).encode()).hexdigest(),
+            "data": hashlib.sha256(" ".join(store_digest(p) for p in paths).encode()).hexdigest()}  # fmt: skip
 
 
 class _Tagged(Dataset):

@@ -16,7 +16,7 @@ from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 
 from ulm.errors import UlmError
-from ulm.store import VESSEL_TYPES, Graph
+from ulm.store import VESSEL_TYPES, Graph, check_graph
 
 MAT_FIELDS = ("nodePos_um", "nodeDiam", "nodeEdges")
 MAT_TYPES = {1.0: "artery", 2.0: "capillary", 3.0: "vein"}  # 1.5 / 2.5 (mixed) -> unknown
@@ -46,9 +46,11 @@ def read_graph_file(path: str | Path, swc_types: dict | None = None) -> Graph:
     if not path.is_file():
         raise UlmError(f"graph file {path}: not found")
     try:
-        return readers[path.suffix.lower()](path)
+        graph = readers[path.suffix.lower()](path)
     except (ValueError, TypeError, IndexError) as exc:  # non-numeric or inconsistent fields
         raise UlmError(f"graph file {path}: malformed content ({type(exc).__name__}: {exc})") from None
+    check_graph(graph, f"graph file {path}")  # finite positions, positive diameters, edges between existing nodes
+    return graph
 
 
 def read_mat(path: str | Path) -> Graph:

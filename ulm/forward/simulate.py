@@ -13,7 +13,6 @@ import dask
 import numba
 import numpy as np
 from dask.callbacks import Callback
-from tqdm import tqdm
 
 from ulm.config import derive_seed
 from ulm.errors import UlmError
@@ -23,6 +22,7 @@ from ulm.forward.realism import add_noise, clutter_scatterers, svd_filter
 from ulm.forward.rf import rf_image
 from ulm.imaging import in_slab
 from ulm.parallel import concurrent_kernels_ok
+from ulm.progress import ProgressLog, progress_log
 from ulm.store import IqWriter, TracksReader, write_iq_block
 
 
@@ -84,9 +84,9 @@ def static_clutter(model: ForwardModel, fcfg: dict, rng: np.random.Generator) ->
 
 
 class _Progress(Callback):
-    """A tqdm bar advancing as dask finishes frame blocks."""
+    """A progress bar (and log lines) advancing as dask finishes frame blocks."""
 
-    def __init__(self, bar: tqdm, prefix: str):
+    def __init__(self, bar: ProgressLog, prefix: str):
         super().__init__()
         self._bar, self._prefix = bar, prefix
 
@@ -177,8 +177,8 @@ def simulate_iq(
     starts = range(0, n_frames, block)
     job = BlockJob(Path(tracks_path), model, fcfg, clutter, seed, plane_y, block, n_frames)
     with IqWriter(out_path, (n_frames, *model.grid.array_shape), block, attrs) as writer:
-        tasks = [dask.delayed(job, name=f"iq-block-{t0}")(t0, writer.array_path) for t0 in starts]
-        bar = tqdm(total=len(tasks), unit="block", desc=f"forward {dims}D {model.mode}", disable=not progress)
+        tasks = [dask.delayed(job, name="forward-job")(t0, writer.array_path, dask_key_name=f"iq-block-{t0}") for t0 in starts]
+        bar = progress_log(total=len(tasks), unit="block", desc=f"forward {dims}D {model.mode}", enabled=progress)
         with bar, _Progress(bar, "iq-block"):
             if fcfg["dask_scheduler"]:
                 with connect(fcfg["dask_scheduler"]) as client:
@@ -187,4 +187,5 @@ def simulate_iq(
                 workers = min(fcfg["workers"], len(starts)) if concurrent_kernels_ok() else 1
                 job.kernel_threads = max(1, numba.config.NUMBA_NUM_THREADS // workers)  # no oversubscription
                 dask.compute(*tasks, scheduler="threads", num_workers=workers)
+            bar.update(len(tasks) - bar.n)  # all done (a dask.distributed cluster runs no local callbacks)
     return model
