@@ -141,7 +141,9 @@ def test_tiny_preset_runs_every_job_as_a_slurm_job(cluster, profile, tmp_path):
     ],
 )
 def test_a_request_the_cluster_cannot_satisfy_stops_the_run_with_one_clear_error(cluster, profile, tmp_path, resource, message):
-    result, seconds = snakemake_slurm(tmp_path, profile, "--set-resources", resource, timeout=180)
+    # without the memory study, whose job is submitted beside the graph jobs and would be waited for
+    no_memory = {**SMALL, "memory": {"enabled": False}}
+    result, seconds = snakemake_slurm(tmp_path, profile, "--set-resources", resource, timeout=180, config=no_memory)
     out = result.stdout
     assert result.returncode != 0
     assert out.count("SLURM sbatch failed") == 2, out[-5000:]  # the first jobs, graph of train and of test, are refused
