@@ -1,0 +1,54 @@
+"""The data contract in code: one typed reader and one atomic writer per Zarr store kind.
+
+No other module opens Zarr by hand. Every output is written to ``<path>.tmp`` and moved into place
+only when its stage has succeeded (all the stage's outputs together, see :func:`transaction`); every
+store records its kind, manifest and content digest. See docs/architecture.md, "Stores" and
+"Nothing is lost".
+
+Modules: :mod:`~ulm.store.files` (atomic outputs), :mod:`~ulm.store.base` (sealing, opening, output
+checks), :mod:`~ulm.store.graph`, :mod:`~ulm.store.rows` (tracks, localizations) and
+:mod:`~ulm.store.images` (IQ, COO blocks, density maps).
+"""
+
+from ulm.store.base import (
+    COMPRESSOR,
+    STORE_KINDS,
+    _chunk_digests,
+    check_output,
+    store_digest,
+    store_kind,
+)
+from ulm.store.files import _replace, atomic_path, remove_path, staged, transaction
+from ulm.store.graph import VESSEL_TYPES, Flow, Graph, check_graph, read_flow, read_graph, write_flow, write_graph
+from ulm.store.images import (
+    DENSITY_ATTRS,
+    IQ_ATTRS,
+    CooStore,
+    CooWriter,
+    Density,
+    Iq,
+    IqArray,
+    IqWriter,
+    read_density,
+    read_iq,
+    write_density,
+    write_iq_block,
+)
+from ulm.store.rows import (
+    Localizations,
+    LocalizationsWriter,
+    Tracks,
+    TracksReader,
+    TracksWriter,
+    read_localizations,
+    read_tracks,
+    write_localizations,
+)
+
+__all__ = [
+    "COMPRESSOR", "DENSITY_ATTRS", "IQ_ATTRS", "STORE_KINDS", "VESSEL_TYPES", "CooStore", "CooWriter", "Density", "Flow",
+    "Graph", "Iq", "IqArray", "IqWriter", "Localizations", "LocalizationsWriter", "Tracks", "TracksReader", "TracksWriter",
+    "_chunk_digests", "_replace", "atomic_path", "check_graph", "check_output", "read_density", "read_flow", "read_graph",
+    "read_iq", "read_localizations", "read_tracks", "remove_path", "staged", "store_digest", "store_kind", "transaction",
+    "write_density", "write_flow", "write_graph", "write_iq_block", "write_localizations",
+]

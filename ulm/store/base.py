@@ -1,0 +1,207 @@
+"""Store basics: new groups, sealing (manifest + digest), opening with checks, output safety."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import zarr
+from zarr.codecs import BloscCodec
+
+import ulm
+from ulm.errors import UlmError
+from ulm.store.files import atomic_path
+
+COMPRESSOR = BloscCodec(cname="zstd", clevel=5, shuffle="bitshuffle")
+STORE_KINDS = ("graph", "flow", "tracks", "iq", "sparse", "target", "pred", "localizations", "density")
+# the arrays each kind holds (how a store without an ``ulm_kind`` attr is recognised)
+GRAPH_ARRAYS = ("nodes/pos_um", "nodes/diam_um", "edges/index", "edges/diam_um", "edges/length_um", "edges/vessel_type")
+FLOW_ARRAYS = ("edges/flow_um3_s", "edges/v_mean_mm_s", "nodes/pressure_mmHg")
+TRACK_ARRAYS = ("frame", "bubble", "pos_um", "vel_mm_s", "frame_offsets")
+COO_ARRAYS = ("coords", "feats", "block_offsets", "block_origin")
+LOC_ARRAYS = ("frame", "pos_um", "track", "frame_offsets")
+
+
+def _new_group(path: Path, kind: str, attrs: dict) -> zarr.Group:
+    group = zarr.open_group(str(path), mode="w", zarr_format=3)
+    own = {"ulm_version": ulm.__version__, "ulm_kind": kind}  # never the copied attrs of another store
+    group.attrs.update({**{k: v for k, v in attrs.items() if k not in ("ulm_manifest", "ulm_digest")}, **own})
+    return group
+
+
+def _put(group: zarr.Group, name: str, data: np.ndarray, chunk_rows: int = 1 << 18) -> None:
+    data = np.asarray(data)
+    chunks = (max(1, min(len(data), chunk_rows)),) + data.shape[1:] if data.ndim else ()
+    if data.dtype.kind in "UO":
+        group.create_array(name, shape=data.shape, dtype=str, chunks=chunks)[:] = data.astype(object)
+    else:
+        group.create_array(name, data=data, chunks=chunks, compressors=COMPRESSOR)
+
+
+def _chunk_files(root: Path) -> dict[str, list[Path]]:
+    """Array name (relative to the store) -> its chunk files (every file under the array's ``c/``)."""
+    out = {}
+    for meta in root.rglob("zarr.json"):
+        chunks = meta.parent / "c"
+        try:
+            is_array = chunks.is_dir() or json.loads(meta.read_text()).get("node_type") == "array"
+        except ValueError:  # a garbled header: zarr itself names it when the array is opened
+            is_array = False
+        if is_array:
+            out[meta.parent.relative_to(root).as_posix()] = sorted(p for p in chunks.rglob("*") if p.is_file())
+    return out
+
+
+def _seal(root: Path) -> None:
+    """Record what the finished store at ``root`` holds: ``ulm_manifest`` (per array, its number of chunk
+    files and their bytes, so a reader can tell a store that lost or cut chunks) and ``ulm_digest``
+    (sha256 of the arrays' metadata and chunks, the store's content identity)."""
+    digest, manifest = hashlib.sha256(), {}
+    for name, files in sorted(_chunk_files(root).items()):
+        manifest[name] = [len(files), sum(f.stat().st_size for f in files)]
+        digest.update(name.encode() + (root / name / "zarr.json").read_bytes())
+        for file in files:
+            digest.update(file.relative_to(root).as_posix().encode() + hashlib.sha256(file.read_bytes()).digest())
+    group = zarr.open_group(str(root), mode="r+")
+    group.attrs.update({"ulm_manifest": manifest, "ulm_digest": digest.hexdigest()})
+
+
+@contextlib.contextmanager
+def _store(path: str | Path, kind: str, attrs: dict) -> Iterator[zarr.Group]:
+    """A new store of ``kind`` written at a temporary path, sealed and moved into place on success."""
+    with atomic_path(path) as tmp:
+        group = _new_group(tmp, kind, attrs)
+        yield group
+        _seal(tmp)
+
+
+def store_digest(path: str | Path) -> str:
+    """The content digest of a store: the one its writer recorded, else computed now."""
+    attrs = zarr.open_group(str(path), mode="r").attrs
+    if "ulm_digest" not in attrs:
+        return hashlib.sha256(json.dumps(_chunk_digests(Path(path)), sort_keys=True).encode()).hexdigest()
+    return str(attrs["ulm_digest"])
+
+
+def _chunk_digests(root: Path) -> dict[str, str]:
+    return {f.relative_to(root).as_posix(): hashlib.sha256(f.read_bytes()).hexdigest() for f in sorted(root.rglob("*"))
+            if f.is_file() and f.name != ".snakemake_timestamp"}  # fmt: skip
+
+
+def _check_manifest(path: Path, kind: str, attrs: dict) -> None:
+    """Compare the chunk files on disk with the writer's ``ulm_manifest`` (stores without one pass)."""
+    manifest = attrs.get("ulm_manifest")
+    if not isinstance(manifest, dict):
+        return  # written before manifests (or by another tool): nothing to compare with
+    present = _chunk_files(path)
+    for name, expected in manifest.items():
+        if not (isinstance(expected, list) and len(expected) == 2):
+            continue  # an older manifest format
+        (n_files, n_bytes), files = expected, present.get(name, [])
+        found = sum(f.stat().st_size for f in files)
+        if len(files) != n_files or found != n_bytes:
+            raise UlmError(f"{kind} store {path}: array {name} has {len(files)} chunk files of {found} bytes, its writer "
+                           f"left {n_files} of {n_bytes} bytes (damaged store: rerun the stage that wrote it)")  # fmt: skip
+
+
+def _open(path: str | Path, kind: str, arrays: tuple[str, ...]) -> zarr.Group:
+    path = Path(path)
+    if not path.exists():
+        raise UlmError(f"{kind} store {path}: not found")
+    try:
+        group = zarr.open_group(str(path), mode="r")
+        attrs = group.attrs.asdict()
+    except Exception as exc:  # zarr raises several types for a non-store directory
+        raise UlmError(f"{kind} store {path}: not a Zarr group ({type(exc).__name__})") from None
+    if attrs.get("ulm_kind", kind) != kind:
+        raise UlmError(f"{kind} store {path}: this is a {attrs['ulm_kind']} store, expected a {kind} store")
+    missing = [a for a in arrays if a not in group]
+    if missing:
+        raise UlmError(f"{kind} store {path}: missing array(s) {missing}; is this a {kind}.zarr?")
+    _check_manifest(path, kind, attrs)
+    return group
+
+
+# ----------------------------------------------------------------------------------- output safety
+def store_kind(path: str | Path) -> str | None:
+    """The kind of the sparse-ulm store at ``path`` (from its attrs, else from its arrays), or None."""
+    path = Path(path)
+    if not (path.is_dir() and (path / "zarr.json").is_file()):
+        return None
+    try:
+        group = zarr.open_group(str(path), mode="r")
+        kind = group.attrs.get("ulm_kind")
+        if kind in STORE_KINDS:
+            return kind
+        layouts = {"graph": GRAPH_ARRAYS, "flow": FLOW_ARRAYS, "tracks": TRACK_ARRAYS, "iq": ("iq",),
+                   "sparse": COO_ARRAYS, "localizations": LOC_ARRAYS, "density": ("density",)}  # fmt: skip
+        return next((k for k, arrays in layouts.items() if all(a in group for a in arrays)), None)
+    except Exception:  # anything zarr cannot open is not one of ours
+        return None
+
+
+def check_output(path: str | Path, kind: str, inputs: list[Path] = ()) -> None:
+    """Refuse an OUTPUT that would destroy what the stage did not write: an input (or a folder holding
+    one), an existing directory that is not a store of this ``kind``, or a non-regular file.
+
+    ``kind``: a store kind of :data:`STORE_KINDS`; ``density-folder`` (a folder of density stores and
+    PNGs); or ``file`` (a regular file such as model.pt, metrics.json or a PNG)."""
+    path = Path(path)
+    where = path.resolve()
+    for src in map(Path, inputs):
+        src = src.resolve()
+        if where == src or where in src.parents or src in where.parents:
+            raise UlmError(f"output {path}: is (or holds, or lies inside) the input {src}; choose another output path")
+    if not (path.exists() or path.is_symlink()):
+        return
+    if kind == "file":
+        ok = path.is_file()
+    elif kind == "density-folder":
+        ok = path.is_dir() and all(_is_rendered(p) for p in path.iterdir())
+    else:
+        ok = store_kind(path) in ({kind, "sparse"} if kind in ("target", "pred") else {kind})  # older COO stores: no kind
+    if not ok:
+        what = {"file": "a regular file", "density-folder": "a folder written by `ulm render`"}.get(kind, f"a {kind} store")
+        raise UlmError(f"output {path}: exists and is not {what}; refusing to replace it (move it away or choose another path)")
+
+
+def _is_rendered(p: Path) -> bool:
+    """Whether ``p`` is something `ulm render` writes into its folder (or Snakemake's timestamp)."""
+    if p.name == ".snakemake_timestamp" or (p.suffix == ".png" and p.is_file()):
+        return True
+    return p.suffix == ".zarr" and store_kind(p) == "density"
+
+
+class _StreamingStore:
+    """A store of kind ``KIND`` written piece by piece; it appears at ``path`` only when the ``with`` block
+    exits cleanly."""
+
+    KIND = "store"
+
+    def __init__(self, path: str | Path, attrs: dict):
+        self._path, self._attrs = Path(path), attrs
+
+    def __enter__(self):
+        self._context = _store(self._path, self.KIND, self._attrs)
+        self._group = self._context.__enter__()
+        self._create()
+        return self
+
+    def _create(self) -> None:
+        raise NotImplementedError
+
+    def _finish(self) -> None:
+        """Write what can only be known at the end (offsets)."""
+
+    def __exit__(self, *exc) -> None:
+        if exc[0] is None:
+            try:
+                self._finish()
+            except BaseException as err:
+                self._context.__exit__(type(err), err, err.__traceback__)
+                raise
+        self._context.__exit__(*exc)

@@ -1,0 +1,81 @@
+"""Atomic outputs: everything a stage writes appears only when the stage has succeeded."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+_staged: list[tuple[Path, Path]] | None = None  # (temporary, final) paths of the open transaction
+
+
+@contextlib.contextmanager
+def transaction() -> Iterator[None]:
+    """Every output written through :func:`atomic_path` inside the block replaces its previous version
+    only when the whole block succeeds, all together; on failure every old output stays as it was."""
+    global _staged
+    outer, _staged = _staged, []
+    try:
+        yield
+    except BaseException:
+        for tmp, _ in _staged:
+            remove_path(tmp)
+        raise
+    else:
+        if outer is not None:
+            outer.extend(_staged)
+        else:
+            for tmp, path in _staged:
+                _replace(tmp, path)
+    finally:
+        _staged = outer
+
+
+def staged(path: str | Path) -> Path:
+    """Where ``path`` is right now: its temporary sibling while the transaction that wrote it is open."""
+    path = Path(path)
+    for tmp, final in _staged or ():
+        if final == path:
+            return tmp
+    return path
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path, now: bool = False) -> Iterator[Path]:
+    """Yield a temporary sibling path; it replaces ``path`` only if the block succeeds: at once when no
+    :func:`transaction` is open (or ``now``), else when the transaction ends."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    remove_path(tmp)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        yield tmp
+    except BaseException:
+        remove_path(tmp)
+        raise
+    if _staged is None or now:
+        _replace(tmp, path)
+    else:
+        _staged[:] = [(t, p) for t, p in _staged if p != path] + [(tmp, path)]
+
+
+def _replace(tmp: Path, path: Path) -> None:
+    """Move ``tmp`` onto ``path``; an old directory is moved aside first and deleted only afterwards."""
+    if path.is_dir() and not path.is_symlink():
+        old = path.with_name(path.name + ".old")
+        remove_path(old)
+        os.replace(path, old)
+        os.replace(tmp, path)
+        remove_path(old)
+    else:
+        os.replace(tmp, path)
+
+
+def remove_path(path: Path) -> None:
+    """Delete a file, link or directory tree if it exists."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
