@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ulm import __version__
 from ulm.config import derive_seed, load_config
 from ulm.errors import UlmError
 from ulm.store import atomic_path, check_output, staged, transaction
@@ -252,6 +253,7 @@ HELP = {
 
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="ulm", description="sparse-ulm pipeline stages")
+    top.add_argument("--version", action="version", version=f"sparse-ulm {__version__}")
     sub = top.add_subparsers(dest="stage", required=True)
     for name, (_, positionals, text) in STAGES.items():
         p = sub.add_parser(name, help=text, description=text)
