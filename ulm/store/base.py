@@ -28,18 +28,21 @@ LOC_ARRAYS = ("frame", "pos_um", "track", "frame_offsets")
 
 def _new_group(path: Path, kind: str, attrs: dict) -> zarr.Group:
     group = zarr.open_group(str(path), mode="w", zarr_format=3)
-    own = {"ulm_version": ulm.__version__, "ulm_kind": kind}  # never the copied attrs of another store
-    group.attrs.update({**{k: v for k, v in attrs.items() if k not in ("ulm_manifest", "ulm_digest")}, **own})
+    own = {"ulm_version": ulm.__version__, "ulm_kind": kind}  # never the copied attrs of another store (nor its image)
+    group.attrs.update({**{k: v for k, v in attrs.items() if k not in ("ulm_manifest", "ulm_digest", "ome")}, **own})
     return group
 
 
-def _put(group: zarr.Group, name: str, data: np.ndarray, chunk_rows: int = 1 << 18) -> None:
+def _put(group: zarr.Group, name: str, data: np.ndarray, dims: tuple[str, ...], chunk_rows: int = 1 << 18) -> None:
+    """Write ``data`` as the array ``name`` of ``group`` with dimension names ``dims`` (one per axis), chunked by rows."""
     data = np.asarray(data)
+    if len(dims) != data.ndim:
+        raise ValueError(f"array {name}: {data.ndim} axes but dimension names {dims}")
     chunks = (max(1, min(len(data), chunk_rows)),) + data.shape[1:] if data.ndim else ()
     if data.dtype.kind in "UO":
-        group.create_array(name, shape=data.shape, dtype=str, chunks=chunks)[:] = data.astype(object)
+        group.create_array(name, shape=data.shape, dtype=str, chunks=chunks, dimension_names=dims)[:] = data.astype(object)
     else:
-        group.create_array(name, data=data, chunks=chunks, compressors=COMPRESSOR)
+        group.create_array(name, data=data, chunks=chunks, compressors=COMPRESSOR, dimension_names=dims)
 
 
 def _chunk_files(root: Path) -> dict[str, list[Path]]:

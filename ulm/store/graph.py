@@ -15,6 +15,7 @@ from ulm.store.base import (
     _put,
     _store,
 )
+from ulm.store.grid import EDGE, END, NODE, XYZ
 
 VESSEL_TYPES = ("artery", "capillary", "vein", "unknown")
 
@@ -59,12 +60,12 @@ class Graph:
 def write_graph(path: str | Path, graph: Graph, attrs: dict | None = None) -> None:
     """Write ``graph.zarr`` atomically."""
     with _store(path, "graph", {**graph.attrs, **(attrs or {})}) as g:
-        _put(g, "nodes/pos_um", graph.pos_um.astype(np.float64))
-        _put(g, "nodes/diam_um", graph.node_diam_um.astype(np.float64))
-        _put(g, "edges/index", graph.edges.astype(np.int64))
-        _put(g, "edges/diam_um", graph.diam_um.astype(np.float64))
-        _put(g, "edges/length_um", graph.length_um)
-        _put(g, "edges/vessel_type", np.asarray(graph.vessel_type, dtype=str))
+        _put(g, "nodes/pos_um", graph.pos_um.astype(np.float64), (NODE, XYZ))
+        _put(g, "nodes/diam_um", graph.node_diam_um.astype(np.float64), (NODE,))
+        _put(g, "edges/index", graph.edges.astype(np.int64), (EDGE, END))
+        _put(g, "edges/diam_um", graph.diam_um.astype(np.float64), (EDGE,))
+        _put(g, "edges/length_um", graph.length_um, (EDGE,))
+        _put(g, "edges/vessel_type", np.asarray(graph.vessel_type, dtype=str), (EDGE,))
 
 
 def _which(bad: np.ndarray, what: str) -> tuple[str, str]:
@@ -142,9 +143,9 @@ class Flow:
 def write_flow(path: str | Path, flow: Flow, attrs: dict | None = None) -> None:
     """Write ``flow.zarr`` atomically."""
     with _store(path, "flow", {**flow.attrs, **(attrs or {})}) as g:
-        _put(g, "edges/flow_um3_s", flow.flow_um3_s.astype(np.float64))
-        _put(g, "edges/v_mean_mm_s", flow.v_mean_mm_s.astype(np.float64))
-        _put(g, "nodes/pressure_mmHg", flow.pressure_mmHg.astype(np.float64))
+        _put(g, "edges/flow_um3_s", flow.flow_um3_s.astype(np.float64), (EDGE,))
+        _put(g, "edges/v_mean_mm_s", flow.v_mean_mm_s.astype(np.float64), (EDGE,))
+        _put(g, "nodes/pressure_mmHg", flow.pressure_mmHg.astype(np.float64), (NODE,))
 
 
 def read_flow(path: str | Path, graph: Graph | None = None, graph_path: str | Path | None = None) -> Flow:

@@ -17,13 +17,25 @@ from ulm.store.base import (
     _store,
     _StreamingStore,
 )
+from ulm.store.grid import BLOCK, BLOCK_AXIS, BLOCK_EDGE, FEATURE, SITE, SITE_AXIS, TIME, ome_image, put_coords, space_dims
 
 # -------------------------------------------------------------------------------------------- iq
 IQ_ATTRS = ("origin_um", "spacing_um", "f0_hz", "wavelength_um", "frame_rate_hz", "probe", "mode")
 
 
+POWER_PARTS = "power_blocks"  # while an iq store is written: per block, the sum over its frames of |IQ|^2
+
+
+def _image_chunk_rows(shape: tuple[int, ...]) -> int:
+    """Rows (first axis) per chunk of a map of ``shape``: about 4 Mi pixels per chunk."""
+    return max(1, (1 << 22) // max(1, int(np.prod(shape[1:]))))
+
+
 class IqWriter(_StreamingStore):
-    """``iq.zarr``: complex64 (T, Z, X) or (T, Z, Y, X), one chunk per block of ``block_frames``.
+    """``iq.zarr``: ``iq`` complex64 (T, Z, X) or (T, Z, Y, X) (dimension names t, z, [y,] x), one chunk per
+    block of ``block_frames``. On close it adds ``power`` float32 (Z, [Y,] X), the mean over frames of
+    |IQ|^2, the coordinate arrays ``t`` (s), ``z``, [``y``,] ``x`` (um) and the NGFF attr ``ome`` that makes
+    the store an OME-Zarr image of ``power``; ``attrs`` must hold :data:`IQ_ATTRS`.
 
     ``write`` may be called from several threads at once for different, chunk-aligned blocks.
     """
@@ -34,17 +46,43 @@ class IqWriter(_StreamingStore):
         missing = [k for k in IQ_ATTRS if k not in attrs]
         if missing:
             raise ValueError(f"iq attrs lack {missing}")
+        if any(len(attrs[k]) != len(shape) - 1 for k in ("origin_um", "spacing_um")):
+            raise ValueError(f"iq attrs origin_um and spacing_um need one value per space axis of {shape}")
         super().__init__(path, attrs)
         self._shape, self._block = shape, block_frames
 
     def _create(self) -> None:
-        chunks = (min(self._block, self._shape[0]), *self._shape[1:])
-        self._iq = self._group.create_array("iq", shape=self._shape, dtype="complex64", chunks=chunks, compressors=COMPRESSOR)
+        chunks, grid = (min(self._block, self._shape[0]), *self._shape[1:]), self._shape[1:]
+        space = space_dims(len(grid))
+        group = self._group
+        self._iq = group.create_array(
+            "iq", shape=self._shape, dtype="complex64", chunks=chunks, compressors=COMPRESSOR, dimension_names=(TIME, *space)
+        )
+        n_blocks = -(-self._shape[0] // chunks[0])
+        self._parts = group.create_array(
+            POWER_PARTS, shape=(n_blocks, *grid), dtype="f8", chunks=(1, *grid), compressors=COMPRESSOR,
+            dimension_names=(BLOCK, *space),
+        )
 
     def write(self, t0: int, data: np.ndarray) -> None:
+        """Write frames [t0, t0 + len(data)) (a chunk-aligned block of complex (n, Z, [Y,] X) IQ)."""
         if t0 % self._block:
             raise ValueError("iq blocks must start on a chunk boundary")
-        self._iq[t0 : t0 + len(data)] = data.astype(np.complex64)
+        data = data.astype(np.complex64)
+        self._iq[t0 : t0 + len(data)] = data
+        self._parts[t0 // self._iq.chunks[0]] = _power_sum(data)
+
+    def _finish(self) -> None:
+        """The mean power map from the blocks' sums (read one block at a time), the coordinates, the NGFF attr."""
+        n_frames, grid, attrs = self._shape[0], self._shape[1:], self._attrs
+        total = np.zeros(grid, np.float64)
+        for b in range(self._parts.shape[0]):
+            total += self._parts[b]
+        del self._group[POWER_PARTS]
+        power = (total / max(1, n_frames)).astype(np.float32)
+        _put(self._group, "power", power, space_dims(len(grid)), chunk_rows=_image_chunk_rows(power.shape))
+        put_coords(self._group, attrs["origin_um"], attrs["spacing_um"], grid, n_frames, attrs["frame_rate_hz"])
+        self._group.attrs["ome"] = ome_image("power", "power", attrs["origin_um"], attrs["spacing_um"])
 
     @property
     def array_path(self) -> str:
@@ -53,13 +91,24 @@ class IqWriter(_StreamingStore):
 
 
 def write_iq_block(array_path: str, t0: int, data: np.ndarray) -> None:
-    """Write frames [t0, t0 + len(data)) into the iq array at ``array_path`` (chunk-aligned blocks only)."""
-    zarr.open_array(array_path, mode="r+")[t0 : t0 + len(data)] = data.astype(np.complex64)
+    """Write frames [t0, t0 + len(data)) into the iq array at ``array_path`` (chunk-aligned blocks only;
+    ``data`` complex (n, Z, [Y,] X)) and the block's power sum next to it (for the store's power map)."""
+    iq, data = zarr.open_array(array_path, mode="r+"), data.astype(np.complex64)
+    if t0 % iq.chunks[0]:
+        raise ValueError("iq blocks must start on a chunk boundary")
+    iq[t0 : t0 + len(data)] = data
+    zarr.open_array(str(Path(array_path).parent / POWER_PARTS), mode="r+")[t0 // iq.chunks[0]] = _power_sum(data)
+
+
+def _power_sum(data: np.ndarray) -> np.ndarray:
+    """Sum over frames of |IQ|^2: (Z, [Y,] X) float64 from complex (n, Z, [Y,] X)."""
+    return np.sum(data.real.astype(np.float64) ** 2 + data.imag.astype(np.float64) ** 2, axis=0)
 
 
 @dataclass
 class Iq:
-    """Beamformed IQ: ``iq`` (T, Z, X) or (T, Z, Y, X) complex64 (an :class:`IqArray`, read lazily) and attrs."""
+    """Beamformed IQ: ``iq`` (T, Z, X) or (T, Z, Y, X) complex64 (an :class:`IqArray`, read lazily) and attrs.
+    (The store also holds the ``power`` map and coordinate arrays for other tools: see :class:`IqWriter`.)"""
 
     iq: IqArray
     attrs: dict
@@ -142,10 +191,12 @@ class CooWriter(_StreamingStore):
     def _create(self) -> None:
         rows = self._chunk_rows
         self._coords = self._group.create_array(
-            "coords", shape=(0, self._n_coords), dtype="i4", chunks=(rows, self._n_coords), compressors=COMPRESSOR
+            "coords", shape=(0, self._n_coords), dtype="i4", chunks=(rows, self._n_coords), compressors=COMPRESSOR,
+            dimension_names=(SITE, SITE_AXIS),
         )
         self._feats = self._group.create_array(
-            "feats", shape=(0, self._n_feats), dtype="f4", chunks=(rows, self._n_feats), compressors=COMPRESSOR
+            "feats", shape=(0, self._n_feats), dtype="f4", chunks=(rows, self._n_feats), compressors=COMPRESSOR,
+            dimension_names=(SITE, FEATURE),
         )
 
     def append(self, coords: np.ndarray, feats: np.ndarray, origin: np.ndarray) -> None:
@@ -176,9 +227,9 @@ class CooWriter(_StreamingStore):
 
     def _finish(self) -> None:
         self._flush(whole_chunks=False)
-        _put(self._group, "block_offsets", np.asarray(self._offsets, np.int64))
+        _put(self._group, "block_offsets", np.asarray(self._offsets, np.int64), (BLOCK_EDGE,))
         width = len(self._origins[0]) if self._origins else self._n_coords
-        _put(self._group, "block_origin", np.asarray(self._origins, np.int64).reshape(-1, width))
+        _put(self._group, "block_origin", np.asarray(self._origins, np.int64).reshape(-1, width), (BLOCK, BLOCK_AXIS))
 
 
 class CooStore:
@@ -254,19 +305,24 @@ class Density:
 
 
 def write_density(path: str | Path, density: np.ndarray, attrs: dict, blocks: list[np.ndarray] | None = None) -> None:
-    """Write ``density/<method>.zarr`` atomically; ``attrs`` must hold origin_um, spacing_um, factor, method.
-    ``blocks`` (optional): per time block, the flat indices of the pixels it marks (arrays ``block_sites``
-    and ``block_offsets``, so that a score can leave one block out)."""
+    """Write ``density/<method>.zarr`` atomically; ``density`` (Z, X) or (Z, Y, X); ``attrs`` must hold
+    origin_um, spacing_um (array order, um), factor, method. ``blocks`` (optional): per time block, the
+    flat indices of the pixels it marks (arrays ``block_sites`` and ``block_offsets``, so that a score can
+    leave one block out). The store is also an OME-Zarr image of ``density`` (NGFF attr ``ome``) with
+    coordinate arrays ``z``, [``y``,] ``x`` (um) for xarray."""
     missing = [k for k in DENSITY_ATTRS if k not in attrs]
     density = np.asarray(density, dtype=np.float32)
     if missing or density.ndim not in (2, 3) or any(len(attrs[k]) != density.ndim for k in ("origin_um", "spacing_um")):
         raise ValueError(f"density needs a 2-D or 3-D map and attrs {list(DENSITY_ATTRS)} with one value per axis")
     with _store(path, "density", attrs) as g:
-        _put(g, "density", density, chunk_rows=max(1, (1 << 22) // max(1, int(np.prod(density.shape[1:])))))
+        _put(g, "density", density, space_dims(density.ndim), chunk_rows=_image_chunk_rows(density.shape))
+        put_coords(g, attrs["origin_um"], attrs["spacing_um"], density.shape)
+        g.attrs["ome"] = ome_image(str(attrs["method"]), "density", attrs["origin_um"], attrs["spacing_um"])
         if blocks is not None:
             sizes = np.array([len(b) for b in blocks], np.int64)
-            _put(g, "block_offsets", np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64))
-            _put(g, "block_sites", np.concatenate([np.zeros(0, np.int64), *[np.asarray(b, np.int64) for b in blocks]]))
+            _put(g, "block_offsets", np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64), (BLOCK_EDGE,))
+            sites = np.concatenate([np.zeros(0, np.int64), *[np.asarray(b, np.int64) for b in blocks]])
+            _put(g, "block_sites", sites, (SITE,))
 
 
 def read_density(path: str | Path) -> Density:

@@ -16,6 +16,7 @@ from ulm.store.base import (
     _put,
     _StreamingStore,
 )
+from ulm.store.grid import FRAME_EDGE, ROW, XYZ
 
 # ---------------------------------------------------------------------------------------- tracks
 
@@ -54,6 +55,7 @@ class _FrameRowsWriter(_StreamingStore):
     """Rows sorted by frame, streamed block by block, plus ``frame_offsets`` (T+1,) written on close.
 
     Subclasses name their arrays in ``COLUMNS``: name -> (dtype, trailing shape); ``frame`` comes first.
+    Dimension names: ``row`` and, for (M, 3) columns, ``xyz``; ``frame_offsets`` (T+1,): ``frame_edge``.
     """
 
     COLUMNS: dict[str, tuple[str, tuple[int, ...]]] = {}
@@ -69,7 +71,12 @@ class _FrameRowsWriter(_StreamingStore):
     def _create(self) -> None:
         self._arrays = {
             name: self._group.create_array(
-                name, shape=(0, *tail), dtype=dt, chunks=(self._chunk_rows, *tail), compressors=COMPRESSOR
+                name,
+                shape=(0, *tail),
+                dtype=dt,
+                chunks=(self._chunk_rows, *tail),
+                compressors=COMPRESSOR,
+                dimension_names=(ROW, XYZ)[: 1 + len(tail)],
             )
             for name, (dt, tail) in self.COLUMNS.items()
         }
@@ -95,7 +102,7 @@ class _FrameRowsWriter(_StreamingStore):
 
     def _finish(self) -> None:
         counts = np.concatenate(self._counts) if self._counts else np.zeros(0, np.int64)
-        _put(self._group, "frame_offsets", np.concatenate([[0], np.cumsum(counts)]).astype(np.int64))
+        _put(self._group, "frame_offsets", np.concatenate([[0], np.cumsum(counts)]).astype(np.int64), (FRAME_EDGE,))
 
 
 class TracksWriter(_FrameRowsWriter):
