@@ -218,3 +218,25 @@ def test_opening_any_store_warns_nothing(stores):
                 array[...]
             if kind.startswith(("iq", "density")):
                 _ome(path)
+
+
+def test_forward_stage_iq_shows_the_bubble_at_its_position_in_um(tmp_path):
+    """A real `ulm forward` run (blocks written by its workers): xarray and the OME-Zarr reader place the
+    brightest power pixel where the one still microbubble is, in um."""
+    from ulm.cli import main
+
+    with TracksWriter(tmp_path / "tracks.zarr", {"frame_rate_hz": FRAME_RATE_HZ, "bbox_um": [0.0, 600.0] * 3}) as w:
+        w.append(np.arange(8), np.zeros(8), np.tile([300.0, 300.0, 300.0], (8, 1)), np.zeros((8, 3)))
+    args = ["forward", "--quiet", "--set", "forward.snr_db=null", "--set", "forward.block_frames=4"]
+    assert main([*args, str(tmp_path / "tracks.zarr"), str(tmp_path / "iq.zarr")]) == 0
+    ds = xr.open_zarr(tmp_path / "iq.zarr", consolidated=False)
+    np.testing.assert_allclose(ds["power"].values, np.mean(np.abs(read_iq(tmp_path / "iq.zarr").iq[:]) ** 2, axis=0), rtol=1e-5)
+    power = ds["power"].load()
+    where = power.argmax(dim=["z", "x"])
+    peak_um = [float(power[d][where[d]]) for d in ("z", "x")]
+    spacing = np.asarray(ds.attrs["spacing_um"])
+    assert np.all(np.abs(np.subtract(peak_um, 300.0)) <= spacing), (peak_um, spacing)
+    meta, levels = _ome(tmp_path / "iq.zarr")
+    k = np.unravel_index(np.argmax(np.asarray(levels[0])), levels[0].shape)
+    scale, translation = meta["coordinateTransformations"][0]
+    np.testing.assert_allclose(np.add(translation["translation"], np.multiply(scale["scale"], k)), peak_um)
