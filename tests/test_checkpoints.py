@@ -55,7 +55,7 @@ def test_ulm_infer_refuses_a_crafted_checkpoint(nn_stores, crafted, tmp_path):
 
 
 def test_the_mask_loader_refuses_a_crafted_checkpoint(crafted):
-    from ulm.mask import load_mask
+    from ulm.nn.mask_net import load_mask
 
     path, marker = crafted
     with pytest.raises(UlmError, match="unreadable"):

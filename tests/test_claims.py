@@ -12,7 +12,8 @@ from ulm import claims
 from ulm.cli import main
 from ulm.config import network_map_name, parse_network_map_name, sweep_point, validate_config
 from ulm.errors import UlmError
-from ulm.metrics import dice, jackknife_interval, leave_one_block_out_dice, tolerant_scores
+from ulm.metrics import dice, leave_one_block_out_dice, tolerant_scores
+from ulm.results import jackknife_interval
 from ulm.store import read_density, write_density
 
 SPARSE, DENSE = network_map_name("sparse"), network_map_name("dense")

@@ -13,7 +13,6 @@ from ulm.conventional import (
     detect,
     frame_thresholds,
     index_to_world,
-    interpolate_tracks,
     link,
     localize_block,
     localize_iq,
@@ -22,6 +21,7 @@ from ulm.conventional import (
 from ulm.errors import UlmError
 from ulm.forward.realism import add_noise
 from ulm.forward.simulate import build_model, simulate_iq
+from ulm.imaging.raster import interpolate_tracks
 from ulm.metrics import localization_metrics, match_localizations
 from ulm.store import TracksWriter, read_localizations
 

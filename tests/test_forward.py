@@ -7,8 +7,8 @@ from ulm.cli import main
 from ulm.config import load_config
 from ulm.forward.geometry import Grid
 from ulm.forward.psf import fwhm, measure_point, render_psf
-from ulm.forward.realism import svd_filter
 from ulm.forward.simulate import build_model, static_clutter
+from ulm.imaging.blocks import svd_filter
 from ulm.store import TracksWriter, read_iq
 
 FOV = [0.0, 600.0, 0.0, 600.0, 0.0, 600.0]

@@ -11,16 +11,9 @@ import zarr
 from ulm.config import load_config
 from ulm.errors import UlmError
 from ulm.forward.simulate import simulate_iq
+from ulm.imaging.density import density_from_localizations, time_blocks
 from ulm.metrics import compute_metrics, dice, frc, frc_resolution, localization_metrics, match_localizations
-from ulm.render import (
-    density_from_coo,
-    density_from_localizations,
-    density_from_tracks,
-    nice_length,
-    plot_density,
-    render_all,
-    time_blocks,
-)
+from ulm.render import density_from_coo, density_from_tracks, nice_length, plot_density, render_all
 from ulm.store import Localizations, TracksWriter, read_density, read_iq, write_localizations
 from ulm.targets import make_targets
 

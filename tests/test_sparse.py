@@ -14,12 +14,14 @@ import zarr
 
 from ulm.cli import main
 from ulm.config import load_config
-from ulm.dataset import DenseBlocks, SparseBlocks, collate_sparse, to_spconv
 from ulm.errors import UlmError
 from ulm.imaging import fine_grid
-from ulm.sparse import axis_starts, make_tiling, sparsify_block, sparsify_iq, store_bytes, to_dense
+from ulm.imaging.blocks import axis_starts, make_tiling
+from ulm.imaging.raster import rasterize, segments
+from ulm.nn.data import DenseBlocks, SparseBlocks, collate_sparse, to_spconv
+from ulm.sparse import sparsify_block, sparsify_iq, store_bytes, to_dense
 from ulm.store import CooStore, CooWriter, IqWriter, TracksWriter, read_iq, read_tracks
-from ulm.targets import make_targets, rasterize, segments
+from ulm.targets import make_targets
 
 PLANE_Y_UM, SLAB_UM = 50.0, 20.0
 

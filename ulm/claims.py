@@ -27,8 +27,8 @@ import numpy as np
 
 from ulm.config import ABLATIONS, network_map_name, parse_network_map_name
 from ulm.errors import UlmError
-from ulm.metrics import jackknife_interval, read_json_object, read_metrics_file
-from ulm.store import atomic_path
+from ulm.results import jackknife_interval, read_json_object, read_metrics_file
+from ulm.store import write_csv
 
 SPARSE, DENSE, CONVENTIONAL, TRIVIAL = network_map_name("sparse"), network_map_name("dense"), "conventional", "trivial"
 MARGIN = 0.05  # Dice: a "small drop", "comparable", "limited benefit"
@@ -309,10 +309,8 @@ def write_claims(rows: list[dict], path: str | Path) -> None:
     def fmt(v):
         return f"{v:.4g}" if isinstance(v, float) else ("" if v is None else v)
 
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=COLUMNS + ["distance"], extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows({k: fmt(r.get(k)) for k in COLUMNS + ["distance"]} for r in rows)
+    columns = COLUMNS + ["distance"]
+    write_csv(path, ({k: fmt(r.get(k)) for k in columns} for r in rows), columns, extrasaction="ignore")
 
 
 def read_kept(csv_paths: list[str | Path]) -> dict[tuple[int, int, str], float]:

@@ -7,12 +7,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from matplotlib.figure import Figure
 
 from ulm.claims import CONVENTIONAL, SPARSE, TRIVIAL, dice_vs_kept
 from ulm.config import ABLATIONS, network_map_name
-from ulm.metrics import jackknife_interval
-from ulm.plots import _save, plt
-from ulm.store import read_density
+from ulm.results import jackknife_interval
+from ulm.store import read_density, save_figure
 
 MARKERS = {"threshold": "o", "topk": "s", "learned": "^"}
 
@@ -28,7 +28,8 @@ def plot_dice_vs_kept(runs: dict, kept: dict, headline_input: str, path: str | P
     and conventional ULM of the highest concentration as dashed levels."""
     labels = {d: {k[2] for k in kept if k[0] == d} for d in (2, 3)}
     dims_list = [d for d in (2, 3) if len(labels[d]) > 1] or [2]  # dimensionalities with a sweep
-    fig, axes = plt.subplots(1, len(dims_list), figsize=(5.6 * len(dims_list), 4.2), squeeze=False, layout="constrained")
+    fig = Figure(figsize=(5.6 * len(dims_list), 4.2), layout="constrained")
+    axes = fig.subplots(1, len(dims_list), squeeze=False)
     for ax, dims in zip(axes[0], dims_list, strict=True):
         concs = sorted(c for d, c in runs if d == dims)
         for i, c in enumerate(concs):
@@ -61,7 +62,7 @@ def plot_dice_vs_kept(runs: dict, kept: dict, headline_input: str, path: str | P
         )
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_ablation(runs: dict, path: str | Path) -> None:
@@ -70,7 +71,8 @@ def plot_ablation(runs: dict, path: str | Path) -> None:
     names = [SPARSE] + [network_map_name("sparse", v) for v in ABLATIONS] + [network_map_name("dense"), CONVENTIONAL, TRIVIAL]
     labels = ["headline"] + list(ABLATIONS) + ["dense twin", "conventional", "trivial"]
     dims_list = sorted({d for d, _ in runs})
-    fig, axes = plt.subplots(1, len(dims_list), figsize=(6.0 * len(dims_list), 4.0), squeeze=False, layout="constrained")
+    fig = Figure(figsize=(6.0 * len(dims_list), 4.0), layout="constrained")
+    axes = fig.subplots(1, len(dims_list), squeeze=False)
     for ax, dims in zip(axes[0], dims_list, strict=True):
         top = max(c for d, c in runs if d == dims)
         run = runs[dims, top]
@@ -89,7 +91,7 @@ def plot_ablation(runs: dict, path: str | Path) -> None:
         ax.set(ylabel="Dice vs ground truth", ylim=(0, 1), title=f"{dims}D, {top} MBs")
         ax.grid(alpha=0.3, axis="y")
         ax.legend(fontsize=7)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_maps(density_dirs: dict[tuple[int, int], Path], path: str | Path, gamma: float = 0.5) -> None:
@@ -101,9 +103,8 @@ def plot_maps(density_dirs: dict[tuple[int, int], Path], path: str | Path, gamma
     columns = ["ground_truth", CONVENTIONAL, SPARSE, network_map_name("dense"), TRIVIAL]
     keys = sorted(density_dirs)
     present = [c for c in columns if any((density_dirs[k] / f"{c}.zarr").exists() for k in keys)]
-    fig, axes = plt.subplots(
-        len(keys), len(present), figsize=(3.2 * len(present), 3.0 * len(keys)), squeeze=False, layout="constrained"
-    )
+    fig = Figure(figsize=(3.2 * len(present), 3.0 * len(keys)), layout="constrained")
+    axes = fig.subplots(len(keys), len(present), squeeze=False)
     for i, key in enumerate(keys):
         for j, name in enumerate(present):
             ax = axes[i, j]
@@ -119,7 +120,7 @@ def plot_maps(density_dirs: dict[tuple[int, int], Path], path: str | Path, gamma
                 image, cmap="hot", norm=PowerNorm(gamma, vmin=0, vmax=max(float(image.max()), 1.0)), interpolation="nearest"
             )
             ax.set_title(f"{name.replace('_', ' ')}\n{key[0]}D, {key[1]} MBs", fontsize=8)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_learning(train_metrics: list[str | Path], path: str | Path) -> None:
@@ -131,7 +132,8 @@ def plot_learning(train_metrics: list[str | Path], path: str | Path) -> None:
     for p in map(Path, train_metrics):
         with open(p, newline="") as fh:
             curves.setdefault(p.parent.parent.name, []).append((p.parent.name.removeprefix("net-"), list(csv.DictReader(fh))))
-    fig, axes = plt.subplots(1, len(curves), figsize=(6.4 * len(curves), 4.4), squeeze=False, layout="constrained")
+    fig = Figure(figsize=(6.4 * len(curves), 4.4), layout="constrained")
+    axes = fig.subplots(1, len(curves), squeeze=False)
     for ax, (dims, nets) in zip(axes[0], sorted(curves.items()), strict=True):
         for i, (name, rows) in enumerate(sorted(nets)):
             epochs = [int(r["epoch"]) for r in rows]
@@ -146,4 +148,4 @@ def plot_learning(train_metrics: list[str | Path], path: str | Path) -> None:
         )
         ax.grid(alpha=0.3)
         ax.legend(fontsize=6)
-    _save(fig, path)
+    save_figure(fig, path)

@@ -15,7 +15,6 @@ from scipy.sparse.linalg import spsolve
 
 from ulm.errors import UlmError
 from ulm.store import Flow, Graph
-from ulm.vascular import open_ends
 
 PA_PER_MMHG = 133.322387415
 UM = 1e-6
@@ -45,7 +44,7 @@ def boundary_pressures(graph: Graph, cfg: dict) -> tuple[np.ndarray, np.ndarray]
     capillaries ``pressure_capillary_mmHg``; ends of unknown type count as arteries when at least
     ``large_vessel_diam_um`` wide, else as capillaries.
     """
-    ends = open_ends(graph)
+    ends = np.flatnonzero(graph.degree() == 1)  # the open ends: nodes with exactly one edge
     if len(ends) == 0:
         raise UlmError("graph has no open ends (nodes of degree 1): no inlet or outlet for the flow")
     edge_of = np.empty(graph.n_nodes, dtype=np.int64)

@@ -2,42 +2,19 @@
 
 from __future__ import annotations
 
-import pickle
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ulm.dataset import DenseBlocks, SparseBlocks
 from ulm.errors import UlmError
 from ulm.imaging import fine_grid
+from ulm.nn.checkpoint import load_checkpoint, pick_device
+from ulm.nn.data import DenseBlocks, SparseBlocks
 from ulm.nn.loss import pad_to, prediction
-from ulm.nn.network import ULMNet
 from ulm.nn.spec import NetSpec
 from ulm.progress import progress_log
 from ulm.store import CooWriter
-from ulm.train import ARCHITECTURE, build_net, pick_device
-
-
-def load_checkpoint(path: str | Path, device: torch.device) -> tuple[ULMNet, dict]:
-    """The network of a checkpoint written by `ulm train` (one clear error for anything else)."""
-    path = Path(path)
-    if not path.is_file():
-        raise UlmError(f"checkpoint {path}: not found")
-    try:
-        ckpt = torch.load(path, map_location=device, weights_only=True)
-    except (RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as exc:
-        raise UlmError(f"checkpoint {path}: not a checkpoint of `ulm train` ({type(exc).__name__})") from None
-    if not isinstance(ckpt, dict) or ckpt.get("architecture") != ARCHITECTURE:
-        found = ckpt.get("architecture", "an older network") if isinstance(ckpt, dict) else type(ckpt).__name__
-        raise UlmError(f"checkpoint {path}: made for {found}, not this network ({ARCHITECTURE}); retrain it with `ulm train`")
-    try:
-        net = build_net(NetSpec(**ckpt["spec"]), device)
-        net.load_state_dict(ckpt["model"])
-    except (KeyError, TypeError, RuntimeError, UlmError) as exc:  # RuntimeError: shapes
-        raise UlmError(f"checkpoint {path}: weights do not fit the network ({type(exc).__name__}: "
-                       f"{str(exc).splitlines()[0][:120]})") from None  # fmt: skip
-    return net.eval(), ckpt
 
 
 @torch.no_grad()

@@ -2,44 +2,24 @@
 
 Trained with a soft Dice loss on the training time blocks of an iq.zarr against the pixels of the
 imaged ground-truth bubbles (and their neighbours); `ulm sparsify --set sparse.method=learned` then
-keeps the sites whose predicted probability exceeds ``sparse.learned_threshold``.
+keeps the sites whose predicted probability exceeds ``sparse.learned_threshold``. The network itself
+is :mod:`ulm.nn.mask_net`.
 """
 
 from __future__ import annotations
 
-import pickle
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
+import ulm
 from ulm.errors import UlmError
+from ulm.imaging import imaged_bubble_sites
+from ulm.imaging.blocks import held_out_start
 from ulm.nn.loss import soft_dice
-from ulm.sparse import held_out_start, imaged_bubble_sites, normalise
-from ulm.store import TracksReader, atomic_path, read_iq
-
-
-class MaskNet(nn.Module):
-    """Per-frame site classifier: (F, 2, *space) normalised (Re, Im) -> (F, *space) logits."""
-
-    def __init__(self, dims: int, width: int = 16):
-        super().__init__()
-        conv = nn.Conv2d if dims == 2 else nn.Conv3d
-        self.dims = dims
-        self.body = nn.Sequential(
-            conv(2, width, 3, padding=1), nn.ReLU(), conv(width, width, 3, padding=1), nn.ReLU(), conv(width, 1, 1)
-        )
-
-    def forward(self, frames: torch.Tensor) -> torch.Tensor:
-        return self.body(frames)[:, 0]
-
-
-def frames_tensor(block: np.ndarray) -> torch.Tensor:
-    """(F, *space) complex block -> (F, 2, *space) float32, normalised like the sparse features."""
-    _, scale = normalise(block)
-    block = block / scale
-    return torch.from_numpy(np.stack([block.real, block.imag], axis=1).astype(np.float32))
+from ulm.nn.mask_net import MaskNet, frames_tensor
+from ulm.store import TracksReader, read_iq, save_torch
 
 
 def truth_mask(sites: np.ndarray, shape: tuple[int, ...]) -> torch.Tensor:
@@ -78,28 +58,6 @@ def train_mask(
                 loss.backward()
                 opt.step()
                 losses.append(loss.item())
-    with atomic_path(out_path) as tmp:
-        torch.save({"dims": iq.dims, "model": net.state_dict(), "final_loss": float(np.mean(losses[-10:]))}, tmp)
-    return {"first_loss": losses[0], "final_loss": float(np.mean(losses[-10:]))}
-
-
-def load_mask(path: str | Path) -> MaskNet:
-    """The mask network saved by :func:`train_mask`."""
-    path = Path(path)
-    if not path.is_file():
-        raise UlmError(f"learned mask checkpoint {path}: not found (train it with `ulm mask`)")
-    try:
-        ckpt = torch.load(path, weights_only=True)  # tensors and numbers only: a crafted pickle cannot run code
-        net = MaskNet(ckpt["dims"])
-        net.load_state_dict(ckpt["model"])
-    except (KeyError, RuntimeError, EOFError, ValueError, TypeError, pickle.UnpicklingError) as exc:
-        raise UlmError(f"learned mask checkpoint {path}: unreadable ({type(exc).__name__})") from None
-    return net.eval()
-
-
-@torch.no_grad()
-def mask_probability(net: MaskNet, block: np.ndarray) -> np.ndarray:
-    """(F, *space) probability that each site holds a MB."""
-    if block.ndim - 1 != net.dims:
-        raise UlmError(f"learned mask is {net.dims}D but the iq blocks are {block.ndim - 1}D")
-    return torch.sigmoid(net(frames_tensor(block))).numpy()
+    final = float(np.mean(losses[-10:]))
+    save_torch({"dims": iq.dims, "model": net.state_dict(), "final_loss": final, "ulm_version": ulm.__version__}, out_path)
+    return {"first_loss": losses[0], "final_loss": final}

@@ -19,7 +19,6 @@ RMSE, and Fourier ring (2D) / shell (3D) correlation resolution.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -28,57 +27,11 @@ from scipy.ndimage import binary_dilation
 from scipy.optimize import linear_sum_assignment
 
 from ulm.errors import UlmError
-from ulm.imaging import in_slab
-from ulm.render import CONVENTIONAL, GROUND_TRUTH, density_from_localizations, split_halves
+from ulm.imaging import imaged_bubbles
+from ulm.imaging.density import CONVENTIONAL, GROUND_TRUTH, density_from_localizations, split_halves
 from ulm.store import Localizations, TracksReader, read_density, read_localizations
 
 UNMATCHED = 1e18
-
-
-# ------------------------------------------------------------------------------------ metrics.json
-def read_json_object(path: str | Path, what: str, required: tuple[str, ...] = ()) -> dict:
-    """A JSON file holding one object with the ``required`` keys; else one UlmError naming ``what`` and ``path``."""
-    path = Path(path)
-    if not path.is_file():
-        raise UlmError(f"{what} {path}: not found")
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        reason = f" ({exc.msg} at line {exc.lineno})" if isinstance(exc, json.JSONDecodeError) else ""
-        raise UlmError(f"{what} {path}: not valid JSON{reason}") from None
-    if not isinstance(data, dict):
-        raise UlmError(f"{what} {path}: expected a JSON object, got {type(data).__name__}")
-    missing = [k for k in required if k not in data]
-    if missing:
-        raise UlmError(f"{what} {path}: missing key(s) {missing}")
-    return data
-
-
-def _is_number(value, finite: bool = True) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and (not finite or np.isfinite(value))
-
-
-def read_metrics_file(path: str | Path, required: tuple[str, ...] = ()) -> dict:
-    """A ``metrics.json`` of `ulm metrics`, checked: an object with the ``required`` keys whose ``label`` and
-    ``reference`` are text, ``dice`` finite numbers per method, ``dice_loo`` lists of numbers (NaN or null
-    where a replicate is undefined) and ``tolerant`` objects per method."""
-    m = read_json_object(path, "metrics file", required)
-    for key in ("label", "reference"):
-        if key in m and not isinstance(m[key], str):
-            raise UlmError(f"metrics file {path}: key {key} must be text, got {m[key]!r}")
-    for key, ok, expected in (
-        ("dice", lambda v: _is_number(v), "a finite number"),
-        ("dice_loo", lambda v: isinstance(v, list) and all(x is None or _is_number(x, False) for x in v), "a list of numbers"),
-        ("tolerant", lambda v: isinstance(v, dict), "an object"),
-    ):
-        if key not in m:
-            continue
-        if not isinstance(m[key], dict):
-            raise UlmError(f"metrics file {path}: key {key} must be an object (method -> value), got {type(m[key]).__name__}")
-        bad = [name for name, value in m[key].items() if not ok(value)]
-        if bad:
-            raise UlmError(f"metrics file {path}: key {key}.{bad[0]} must be {expected}, got {m[key][bad[0]]!r}")
-    return m
 
 
 # ------------------------------------------------------------------------------------------- maps
@@ -137,15 +90,6 @@ def leave_one_block_out_dice(a_blocks: list[np.ndarray], b_blocks: list[np.ndarr
         total = int(a.sum()) + int(b.sum())
         out.append(2.0 * int(np.logical_and(a, b).sum()) / total if total else float("nan"))
     return out
-
-
-def jackknife_interval(replicates, z: float = 1.96) -> float | None:
-    """Half-width of the ~95 % confidence interval of a statistic from its leave-one-out replicates:
-    z x sqrt((n - 1) / n x sum (r_i - mean)^2); None with fewer than 2 finite replicates."""
-    r = np.asarray([x for x in replicates if x is not None and np.isfinite(x)], float)
-    if len(r) < 2:
-        return None
-    return float(z * np.sqrt((len(r) - 1) / len(r) * np.sum((r - r.mean()) ** 2)))
 
 
 # ----------------------------------------------------------------------------------- localizations
@@ -220,20 +164,12 @@ def imaged_truth(tracks: TracksReader, loc_attrs: dict, t0: int, t1: int) -> tup
     """True MB positions of frames [t0, t1) that the grid images: (N,) frames and (N, 3) um (2D: slab
     members, projected on the plane ``plane_y_um``; all: inside the grid +- half a pixel)."""
     pos, rel = tracks.frames(t0, t1)
-    dims = int(loc_attrs.get("dims", len(loc_attrs["origin_um"])))
-    if dims == 2:
-        plane_y = float(loc_attrs["plane_y_um"])
-        slab = loc_attrs.get("slab_um")
-        keep = in_slab(pos, plane_y, float(slab) if slab is not None else np.inf)
-        pos, rel = pos[keep], rel[keep]
-        pos[:, 1] = plane_y
-        axes = [2, 0]
-    else:
-        axes = [2, 1, 0]
     origin, spacing = np.asarray(loc_attrs["origin_um"], float), np.asarray(loc_attrs["spacing_um"], float)
-    shape = np.asarray(loc_attrs["shape"])
-    idx = (pos[:, axes] - origin) / spacing
-    inside = np.all((idx >= -0.5) & (idx < shape - 0.5), axis=1)
+    keep, idx = imaged_bubbles(pos, loc_attrs, origin, spacing)
+    pos, rel = pos[keep], rel[keep]
+    if len(origin) == 2:
+        pos[:, 1] = float(loc_attrs["plane_y_um"])
+    inside = np.all((idx >= -0.5) & (idx < np.asarray(loc_attrs["shape"]) - 0.5), axis=1)
     return rel[inside] + t0, pos[inside]
 
 

@@ -1,25 +1,18 @@
-"""Figures a person looks at after each stage (PNG, written atomically)."""
+"""Figures a person looks at after each stage (PNG, written atomically by :func:`ulm.store.save_figure`).
+
+Figures are made with matplotlib's object-oriented API (``matplotlib.figure.Figure``), without pyplot:
+importing this module leaves the process's matplotlib backend as it was (Jupyter, napari)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+from matplotlib.collections import LineCollection
+from matplotlib.colors import LogNorm
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.collections import LineCollection  # noqa: E402
-from matplotlib.colors import LogNorm  # noqa: E402
-
-from ulm.store import Flow, Graph, Tracks, atomic_path  # noqa: E402
-
-
-def _save(fig: plt.Figure, path: str | Path) -> None:
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, bbox_inches="tight", format=path.suffix.lstrip(".") or "png")
-    plt.close(fig)
+from ulm.store import Flow, Graph, Tracks, save_figure
 
 
 def velocity_summary(graph: Graph, flow: Flow) -> dict:
@@ -36,7 +29,8 @@ def velocity_summary(graph: Graph, flow: Flow) -> dict:
 def plot_flow(graph: Graph, flow: Flow, path: str | Path) -> None:
     """Graph projected on the x-z plane coloured by |v_mean|, and the capillary velocity histogram."""
     speed = np.abs(flow.v_mean_mm_s)
-    fig, (ax_map, ax_hist) = plt.subplots(1, 2, figsize=(12, 5), gridspec_kw={"width_ratios": [1.2, 1]})
+    fig = Figure(figsize=(12, 5))
+    ax_map, ax_hist = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1.2, 1]})
     segments = graph.pos_um[graph.edges][:, :, [0, 2]]
     positive = speed[speed > 0]
     norm = LogNorm(vmin=max(np.percentile(positive, 2), 1e-3), vmax=np.percentile(positive, 99.5)) if len(positive) else None
@@ -65,7 +59,7 @@ def plot_flow(graph: Graph, flow: Flow, path: str | Path) -> None:
     ax_hist.set_xlabel("capillary |v_mean| (mm/s)")
     ax_hist.set_ylabel("edges")
     ax_hist.set_title(f"Capillary velocities\nmedian |v_mean| (mm/s): {medians}", fontsize=10)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_tracks(tracks: Tracks, target_count: int, path: str | Path, max_frames: int = 1000) -> None:
@@ -73,7 +67,8 @@ def plot_tracks(tracks: Tracks, target_count: int, path: str | Path, max_frames:
     n_show = min(tracks.n_frames, max_frames)
     rows = slice(0, int(tracks.frame_offsets[n_show]))
     pos, ids = tracks.pos_um[rows], tracks.bubble[rows]
-    fig, (ax_tr, ax_n) = plt.subplots(1, 2, figsize=(12, 5), gridspec_kw={"width_ratios": [1.2, 1]})
+    fig = Figure(figsize=(12, 5))
+    ax_tr, ax_n = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1.2, 1]})
     order = np.lexsort((np.arange(len(ids)), ids))
     pos, ids = pos[order], ids[order]
     breaks = np.flatnonzero(np.diff(ids)) + 1
@@ -92,7 +87,7 @@ def plot_tracks(tracks: Tracks, target_count: int, path: str | Path, max_frames:
     ax_n.set_xlabel("time (s)")
     ax_n.set_ylabel("MB count per frame")
     ax_n.legend()
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_iq(iq, path: str | Path, max_frames: int = 512) -> None:
@@ -111,7 +106,8 @@ def plot_iq(iq, path: str | Path, max_frames: int = 512) -> None:
         origin[0] + (nz - 0.5) * spacing[0],
         origin[0] - spacing[0] / 2,
     ]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.8))
+    fig = Figure(figsize=(11, 4.8))
+    axes = fig.subplots(1, 2)
     db = 10 * np.log10(p / p.max() + 1e-12)
     im0 = axes[0].imshow(db, extent=ext, cmap="gray", vmin=-40, vmax=0)
     fig.colorbar(im0, ax=axes[0], label="mean power (dB)")
@@ -123,12 +119,13 @@ def plot_iq(iq, path: str | Path, max_frames: int = 512) -> None:
     for ax in axes:
         ax.set_xlabel("x (um)")
         ax.set_ylabel("z, depth (um)")
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_trade_off(rows: list[dict], point: dict, iq_bytes: int, sparse_bytes: int, path: str | Path) -> None:
     """Kept fraction of sites vs fraction of imaged MB positions kept, with the configured point."""
-    fig, ax = plt.subplots(figsize=(6.5, 4.8))
+    fig = Figure(figsize=(6.5, 4.8))
+    ax = fig.subplots()
     kept = [r["kept_fraction"] for r in rows]
     mb = [r["mb_fraction"] for r in rows]
     ax.plot(kept, mb, "o-", label=f"{rows[0]['method']} sweep")
@@ -148,13 +145,14 @@ def plot_trade_off(rows: list[dict], point: dict, iq_bytes: int, sparse_bytes: i
     title = f"{rows[0]['method']}: sparse store {sparse_bytes / 1e6:.2f} MB vs iq {iq_bytes / 1e6:.2f} MB ({ratio:.1f}x smaller)"
     ax.set_title(title, fontsize=9)
     ax.legend(loc="lower right")
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_training(rows: list[dict], path: str | Path) -> None:
     """Training / validation loss and validation Dice per epoch (epoch 0: untrained)."""
     epochs = [r["epoch"] for r in rows]
-    fig, (ax_l, ax_d) = plt.subplots(1, 2, figsize=(11, 4))
+    fig = Figure(figsize=(11, 4))
+    ax_l, ax_d = fig.subplots(1, 2)
     ax_l.plot(epochs[1:], [r["train_loss"] for r in rows[1:]], "o-", label="train")
     ax_l.plot(epochs, [r["val_loss"] for r in rows], "s-", label="validation")
     ax_l.set_xlabel("epoch")
@@ -166,4 +164,4 @@ def plot_training(rows: list[dict], path: str | Path) -> None:
     ax_d.set_ylim(0, 1)
     for ax in (ax_l, ax_d):
         ax.grid(alpha=0.3)
-    _save(fig, path)
+    save_figure(fig, path)

@@ -1,7 +1,7 @@
 """Dense IQ blocks -> sparse COO tensors (the input of the sparse networks), and the trade-off curves.
 
 The IQ time series is cut into blocks of ``block_frames`` frames and, where the field of view is
-larger than ``tile_px``, into spatial tiles. In each block the power Re^2 + Im^2 is normalised by the
+larger than ``tile_px``, into spatial tiles (:mod:`ulm.imaging.blocks`). In each block the power Re^2 + Im^2 is normalised by the
 block's maximum; ``threshold`` keeps the sites whose normalised power is strictly above ``tau``,
 ``topk`` the ``topk_k`` strongest sites (ties: lowest (t, z, y, x) index first). Features are the IQ
 divided by sqrt(max power), so that every block's strongest site has |feature| = 1.
@@ -9,83 +9,19 @@ divided by sqrt(max power), so that every block's strongest site has |feature| =
 
 from __future__ import annotations
 
-import itertools
-from dataclasses import dataclass
 from pathlib import Path
 
 import dask
 import numpy as np
 
 from ulm.errors import UlmError
-from ulm.imaging import continuous_index, in_slab, slab_of
+from ulm.imaging import imaged_bubble_sites
+from ulm.imaging.blocks import Tiling, check_tracks_cover, cut, make_tiling, normalise
 from ulm.progress import progress_log
-from ulm.store import CooWriter, Iq, TracksReader, read_iq
-
-
-# ---------------------------------------------------------------------------------------- tiling
-def axis_starts(n: int, tile: int, overlap: int) -> list[int]:
-    """Tile starts covering 0..n-1 with tiles of ``tile`` (the last one flush with the end)."""
-    if n <= tile:
-        return [0]
-    stride = tile - overlap
-    if stride <= 0:
-        raise UlmError(f"sparse.tile_overlap_px ({overlap}) must be smaller than sparse.tile_px ({tile})")
-    starts = list(range(0, n - tile + 1, stride))
-    return starts if starts[-1] == n - tile else [*starts, n - tile]
-
-
-@dataclass(frozen=True)
-class Tiling:
-    """Blocks of an iq array: ``block_shape`` (T, *tile) and each block's origin (t0, *tile start)."""
-
-    block_shape: tuple[int, ...]
-    origins: np.ndarray  # (B, 1 + D), time-major
-
-    def __len__(self) -> int:
-        return len(self.origins)
-
-    def time_blocks(self) -> list[int]:
-        return sorted(set(self.origins[:, 0].tolist()))
-
-    def tiles_of(self, t0: int) -> np.ndarray:
-        return self.origins[self.origins[:, 0] == t0]
-
-
-def held_out_start(n_frames: int, block_frames: int, val_fraction: float) -> int:
-    """First frame of the time blocks held out from training (the last ``val_fraction`` of them, at
-    least one): the network validates there, and methods are compared there."""
-    n_blocks = max(1, n_frames // block_frames)
-    n_val = max(1, int(round(n_blocks * val_fraction)))
-    return max(0, n_blocks - n_val) * block_frames
-
-
-def make_tiling(iq_shape: tuple[int, ...], cfg: dict) -> Tiling:
-    """Blocks for an iq array of ``iq_shape`` (T, *spatial) following the ``sparse`` config section."""
-    n_frames, spatial = iq_shape[0], iq_shape[1:]
-    frames = cfg["block_frames"]
-    if n_frames < frames:
-        raise UlmError(f"iq has {n_frames} frames, fewer than sparse.block_frames = {frames}")
-    tile = tuple(min(cfg["tile_px"], n) for n in spatial)
-    starts = [axis_starts(n, t, cfg["tile_overlap_px"]) for n, t in zip(spatial, tile, strict=True)]
-    origins = [(t0, *s) for t0 in range(0, n_frames - frames + 1, frames) for s in itertools.product(*starts)]
-    return Tiling(block_shape=(frames, *tile), origins=np.asarray(origins, dtype=np.int64))
-
-
-def cut(data: np.ndarray, origin: np.ndarray, block_shape: tuple[int, ...], t0: int) -> np.ndarray:
-    """The block at ``origin`` (iq indices) out of ``data``, whose first frame is ``t0``."""
-    start = np.array(origin)
-    start[0] -= t0
-    return data[tuple(slice(o, o + n) for o, n in zip(start, block_shape, strict=True))]
+from ulm.store import CooWriter, TracksReader, read_iq
 
 
 # ------------------------------------------------------------------------------- sparsification
-def normalise(block: np.ndarray) -> tuple[np.ndarray, float]:
-    """Normalised power of a block and the scale (sqrt of its maximum power) of its features."""
-    power = block.real.astype(np.float64) ** 2 + block.imag.astype(np.float64) ** 2
-    peak = float(power.max()) if power.size else 0.0
-    return (power / peak if peak > 0 else power), np.sqrt(peak) if peak > 0 else 1.0
-
-
 def keep_mask(power: np.ndarray, method: str, tau: float, k: int) -> np.ndarray:
     """Boolean mask of the kept sites of a normalised-power block."""
     if method == "threshold":
@@ -102,10 +38,10 @@ def keep_mask(power: np.ndarray, method: str, tau: float, k: int) -> np.ndarray:
 def sparsify_block(block: np.ndarray, method: str, tau: float, k: int, mask_net=None, learned_threshold: float = 0.5,
                    ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
     """COO of one block: coords (N, 1 + D) int32 in (t, z, [y,] x) order and feats (N, 2) (Re, Im).
-    ``learned`` keeps the sites where ``mask_net`` (ulm.mask.MaskNet) predicts p > ``learned_threshold``."""
+    ``learned`` keeps the sites where ``mask_net`` (ulm.nn.mask_net.MaskNet) predicts p > ``learned_threshold``."""
     power, scale = normalise(block)
     if method == "learned":
-        from ulm.mask import mask_probability
+        from ulm.nn.mask_net import mask_probability
 
         mask = mask_probability(mask_net, block) > learned_threshold
     else:
@@ -171,24 +107,6 @@ def sparsify_iq(iq_path: str | Path, out_path: str | Path, cfg: dict, progress: 
 
 
 # ------------------------------------------------------------------------------------ trade-off
-def imaged_bubble_sites(tracks: TracksReader, iq: Iq, t0: int, t1: int) -> np.ndarray:
-    """(M, 1 + D) iq indices (t relative to t0, then nearest pixel) of the bubbles imaged in frames [t0, t1)."""
-    pos, rel = tracks.frames(t0, t1)
-    plane_y, slab = slab_of(iq.attrs)
-    keep = in_slab(pos, plane_y, slab)
-    idx = np.rint(continuous_index(pos[keep], iq.attrs["origin_um"], iq.attrs["spacing_um"])).astype(np.int64)
-    inside = np.all((idx >= 0) & (idx < np.asarray(iq.iq.shape[1:])), axis=1)
-    return np.column_stack([rel[keep][inside], idx[inside]])
-
-
-def check_tracks_cover(tracks: TracksReader, tiling: Tiling, iq_path: str | Path) -> None:
-    """One clear error when the tracks end before the last block of the iq data they should describe."""
-    needed = tiling.time_blocks()[-1] + tiling.block_shape[0]
-    if tracks.n_frames < needed:
-        raise UlmError(f"tracks store {tracks.path} has {tracks.n_frames} frames, but the blocks of {iq_path} need {needed}: "
-                       "were they made from the same run?")  # fmt: skip
-
-
 def trade_off(
     iq_path: str | Path, tracks_path: str | Path, cfg: dict, max_blocks: int = 4, values: list | None = None
 ) -> list[dict]:
@@ -220,7 +138,7 @@ def trade_off(
             local = local[np.all((local >= 0) & (local < np.asarray(tiling.block_shape)), axis=1)]
             power, _ = normalise(block)
             if learned:
-                from ulm.mask import mask_probability
+                from ulm.nn.mask_net import mask_probability
 
                 power = mask_probability(mask_net, block)  # the score the threshold applies to
             total_sites += block.size
@@ -234,7 +152,7 @@ def trade_off(
 
 
 def _learned_mask(cfg: dict):
-    from ulm.mask import load_mask
+    from ulm.nn.mask_net import load_mask
 
     if not cfg["mask_checkpoint"]:
         raise UlmError("sparse.method = learned needs sparse.mask_checkpoint (a mask.pt from `ulm mask`)")

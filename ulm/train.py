@@ -11,48 +11,27 @@ untrained model; ``trivial_val_dice``: the trivial predictor on the same validat
 
 from __future__ import annotations
 
-import csv
+import copy
 import hashlib
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from ulm.dataset import DenseBlocks, SparseBlocks, collate_sparse
 from ulm.errors import UlmError
 from ulm.nn import schedule
+from ulm.nn.checkpoint import ARCHITECTURE, build_net, pick_device, spec_from_config, stamp
+from ulm.nn.data import DenseBlocks, SparseBlocks, as_paths, collate_tagged, open_training_data
 from ulm.nn.loss import network_loss, pad_to, prediction
 from ulm.nn.network import ULMNet, n_parameters
 from ulm.nn.spec import N_HR_STAGES, NetSpec
-from ulm.sparse import held_out_start
-from ulm.store import atomic_path, store_digest
-
-ARCHITECTURE = "deep-stulm-reference-v1"  # written into checkpoints: another architecture's are refused
-
-
-def pick_device(name: str) -> torch.device:
-    """``auto``: CUDA when available, else CPU."""
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UlmError("train.device = cuda but no CUDA device is available")
-    return torch.device("cuda" if name == "cuda" or (name == "auto" and torch.cuda.is_available()) else "cpu")
-
-
-def build_net(spec: NetSpec, device: torch.device) -> ULMNet:
-    """The network (spconv's default algorithm on CUDA, ConvAlgo.Native on CPU)."""
-    from spconv.core import ConvAlgo
-
-    return ULMNet(spec, algo=None if device.type == "cuda" else ConvAlgo.Native).to(device)
-
-
-def spec_from_config(cfg: dict, dims: int) -> NetSpec:
-    return NetSpec(dims=dims, width=cfg["width"], prune=cfg["prune"], prune_threshold=cfg["prune_threshold"],
-                   deep_supervision=cfg["deep_supervision"], cascaded=cfg["cascaded"])  # fmt: skip
+from ulm.store import save_torch, store_digest, write_csv
 
 
 @dataclass
@@ -83,14 +62,54 @@ class Inputs:
         return loss, pred
 
 
+PERSISTED = ("epoch", "best_dice", "best_epoch", "rows")  # the fields of TrainState saved as last.pt's "state"
+
+
 @dataclass
 class TrainState:
-    """What a resumed run continues from (saved in last.pt every epoch)."""
+    """Where a run is: after which ``epoch``, its best validation Dice and epoch so far, one row per epoch
+    (epoch 0: untrained) and the best epoch's weights. Saved in last.pt every epoch, resumed from it."""
 
     epoch: int = 0
     best_dice: float = -1.0
     best_epoch: int = 0
     rows: list[dict] = field(default_factory=list)
+    best_model: dict[str, torch.Tensor] | None = None  # saved beside "state" in last.pt
+
+    def saved(self) -> dict:
+        """last.pt's ``state``: the :data:`PERSISTED` fields, copied (as ``dataclasses.asdict`` would)."""
+        return {name: copy.deepcopy(getattr(self, name)) for name in PERSISTED}
+
+
+@dataclass
+class TrainRun:
+    """What one training run works with (made by :func:`setup`); ``opt`` and ``sched`` change per phase."""
+
+    folder: Path
+    stores: list[SparseBlocks]
+    spec: NetSpec
+    device: torch.device
+    gen: torch.Generator  # the training loader's shuffling
+    loader: DataLoader
+    val_loader: DataLoader
+    net: ULMNet
+    inputs: Inputs
+    plan: list[schedule.Phase]
+    milestones: list[int]
+    gamma: float
+    meta: dict  # written into every checkpoint
+    run_key: dict[str, str]
+    opt: torch.optim.Optimizer | None = None
+    sched: torch.optim.lr_scheduler.LRScheduler | None = None
+
+    @property
+    def total_epochs(self) -> int:
+        """Epochs of all phases together."""
+        return schedule.total_epochs(self.plan)
+
+    def new_optimizer(self, phase_index: int) -> None:
+        """A fresh Adam and MultiStepLR for phase ``phase_index`` (as the reference, at every phase)."""
+        self.opt, self.sched = schedule.optimizer(self.net.parameters(), self.plan[phase_index], self.milestones, self.gamma)
 
 
 def dice_counts(pred: torch.Tensor, target: torch.Tensor) -> np.ndarray:
@@ -100,41 +119,26 @@ def dice_counts(pred: torch.Tensor, target: torch.Tensor) -> np.ndarray:
     return np.array([len(p & g), len(p), len(g)], dtype=np.int64)
 
 
-def _save(obj: dict, path: Path, now: bool = False) -> None:
-    """Write a checkpoint atomically (``now``: at once, even inside the stage's output transaction)."""
-    with atomic_path(path, now=now) as tmp:
-        torch.save(obj, tmp)
-
-
-def _as_list(paths) -> list[Path]:
-    return [Path(p) for p in ([paths] if isinstance(paths, str | Path) else paths)]
-
-
-def open_training_data(sparse_paths, target_paths, val_fraction: float) -> tuple[list[SparseBlocks], Dataset, Dataset]:
-    """Every store's blocks, split in time: the last ``val_fraction`` of each store validate."""
-    stores = [SparseBlocks(s, t) for s, t in zip(_as_list(sparse_paths), _as_list(target_paths), strict=True)]
-    shapes = {s.block_shape for s in stores}
-    if len(shapes) > 1:
-        raise UlmError(f"training stores with different block shapes {sorted(shapes)}: one network needs one block shape")
-    train_parts, val_parts = [], []
-    for i, data in enumerate(stores):
-        starts = data.origins[:, 0]
-        first_val = held_out_start(int(starts.max()) + data.block_shape[0], data.block_shape[0], val_fraction)
-        train_idx, val_idx = np.flatnonzero(starts < first_val), np.flatnonzero(starts >= first_val)
-        if len(train_idx) == 0 or len(val_idx) == 0:
-            raise UlmError(f"{data.sparse_path}: {len(data)} blocks, too few to hold out the last {val_fraction:.0%} in time")
-        train_parts.append(_Tagged(Subset(data, train_idx.tolist()), i))
-        val_parts.append(_Tagged(Subset(data, val_idx.tolist()), i))
-    return stores, ConcatDataset(train_parts), ConcatDataset(val_parts)
-
-
 def train(sparse_paths, target_paths, out_path: str | Path, cfg: dict, seed: int, iq_paths=None,
           progress: bool = True) -> tuple[list[dict], float]:  # fmt: skip
     """Train and write ``out_path`` (best checkpoint), ``last.pt``, ``metrics.csv`` and ``train.png`` beside it.
     Paths may be one store each or lists of stores (then ``iq_paths`` lists their IQ for the dense model).
     Returns the per-epoch rows (epoch 0: untrained) and the validation Dice of the trivial predictor."""
     out_path = Path(out_path)
-    folder = out_path.parent
+    run = setup(sparse_paths, target_paths, out_path.parent, cfg, seed, iq_paths)
+    state = start(run, cfg["resume"])
+    bar = tqdm(range(state.epoch + 1, run.total_epochs + 1), desc="train", unit="epoch", disable=not progress)
+    for epoch in bar:
+        row = run_epoch(run, state, epoch)
+        bar.set_postfix(loss=f"{row['train_loss']:.3f}", dice=f"{row['val_dice']:.3f}")
+        save_last(run, state)
+    finish(run, state, out_path)
+    return state.rows, run.meta["trivial_val_dice"]
+
+
+def setup(sparse_paths, target_paths, folder: Path, cfg: dict, seed: int, iq_paths=None) -> TrainRun:
+    """Open the stores, seed, and build the loaders, the network and the checkpoints' metadata (the trivial
+    predictor's validation Dice included)."""
     stores, train_set, val_set = open_training_data(sparse_paths, target_paths, cfg["val_fraction"])
     block_shape = stores[0].block_shape
     spec = spec_from_config(cfg, len(block_shape) - 1)
@@ -144,88 +148,108 @@ def train(sparse_paths, target_paths, out_path: str | Path, cfg: dict, seed: int
     if cfg["model"] == "dense":
         if not iq_paths:
             raise UlmError("train.model = dense needs the iq.zarr the sparse stores were made from (--iq)")
-        dense = [DenseBlocks(iq, s.sparse_path) for iq, s in zip(_as_list(iq_paths), stores, strict=True)]
+        dense = [DenseBlocks(iq, s.sparse_path) for iq, s in zip(as_paths(iq_paths), stores, strict=True)]
     folder.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    loader = DataLoader(train_set, batch_size=cfg["batch_size"], shuffle=True, generator=gen, collate_fn=_collate,
+    loader = DataLoader(train_set, batch_size=cfg["batch_size"], shuffle=True, generator=gen, collate_fn=collate_tagged,
                         num_workers=cfg["num_workers"])  # fmt: skip
-    val_loader = DataLoader(val_set, batch_size=cfg["batch_size"], collate_fn=_collate)
+    val_loader = DataLoader(val_set, batch_size=cfg["batch_size"], collate_fn=collate_tagged)
     net = build_net(spec, device)
-    inputs = Inputs(spec, cfg["model"], padded, device, dense)
     plan = schedule.phases(cfg, spec)
-    milestones, gamma = cfg["lr_milestones"], cfg["lr_gamma"]
     print(f"train: {cfg['model']} {spec.dims}D+t network, {n_parameters(net):,} parameters, {len(train_set)} training and "
           f"{len(val_set)} validation blocks from {len(stores)} store(s), {schedule.total_epochs(plan)} epochs in "
           f"{len(plan)} phase(s), device {device}", flush=True)  # fmt: skip
     meta = {"architecture": ARCHITECTURE, "spec": spec.as_dict(), "model_kind": cfg["model"], "block_shape": list(block_shape),
             "factor": stores[0].factor, "n_params": n_parameters(net), "train_config": cfg,
             "trivial_val_dice": trivial_dice(val_loader, stores[0].factor)}  # fmt: skip
-    last = folder / "last.pt"
     run_key = _run_key(cfg, seed, stores, iq_paths if cfg["model"] == "dense" else [])
-    state, best_model, opt_state = _resume(last, run_key, net, gen, cfg["resume"])
-    phase_index = schedule.locate(plan, state.epoch + 1)[0] if state.epoch < schedule.total_epochs(plan) else len(plan) - 1
-    opt, sched = schedule.optimizer(net.parameters(), plan[phase_index], milestones, gamma)
+    inputs = Inputs(spec, cfg["model"], padded, device, dense)
+    return TrainRun(folder, stores, spec, device, gen, loader, val_loader, net, inputs, plan, cfg["lr_milestones"],
+                    cfg["lr_gamma"], meta, run_key)
+
+
+def start(run: TrainRun, resume: bool) -> TrainState:
+    """Resume from last.pt when it belongs to this run (else start afresh and score the untrained model as
+    epoch 0); make the current phase's optimizer and schedule."""
+    state, opt_state = _resume(run.folder / "last.pt", run.run_key, run.net, run.gen, resume)
+    phase_index = schedule.locate(run.plan, state.epoch + 1)[0] if state.epoch < run.total_epochs else len(run.plan) - 1
+    run.new_optimizer(phase_index)
     if opt_state is not None:
-        opt.load_state_dict(opt_state["optimizer"])
-        sched.load_state_dict(opt_state["scheduler"])
+        run.opt.load_state_dict(opt_state["optimizer"])
+        run.sched.load_state_dict(opt_state["scheduler"])
     if state.epoch == 0:  # the untrained model, for reference
-        state.rows.append(_row(0, 0, float("nan"), *_validate(net, val_loader, inputs, N_HR_STAGES), float("nan")))
-    meta["untrained_val_dice"] = state.rows[0]["val_dice"]
-    bar = tqdm(range(state.epoch + 1, schedule.total_epochs(plan) + 1), desc="train", unit="epoch", disable=not progress)
-    for epoch in bar:
-        i, e = schedule.locate(plan, epoch)
-        if e == 1 and epoch > 1:  # a new phase: fresh optimizer and schedule, as the reference
-            opt, sched = schedule.optimizer(net.parameters(), plan[i], milestones, gamma)
-        phase = plan[i]
-        t0 = time.perf_counter()
-        lr = sched.get_last_lr()[0]
-        loss = _train_epoch(net, loader, inputs, opt, phase)
-        sched.step()
-        row = _row(epoch, i, loss, *_validate(net, val_loader, inputs, phase.net_phase), lr, time.perf_counter() - t0)
-        state.rows.append(row)
-        state.epoch = epoch
-        if row["val_dice"] > state.best_dice:  # NaN (a cascaded stage without output) never is
-            state.best_dice, state.best_epoch = row["val_dice"], epoch
-            best_model = {k: v.detach().clone() for k, v in net.state_dict().items()}
-        print(f"train: epoch {epoch}/{schedule.total_epochs(plan)} phase {i} lr {lr:.2g} loss {loss:.4f} "
-              f"val Dice {row['val_dice']:.3f} ({row['seconds']:.1f} s)", flush=True)  # fmt: skip
-        bar.set_postfix(loss=f"{loss:.3f}", dice=f"{row['val_dice']:.3f}")
-        _save({**meta, "state": asdict(state), "model": net.state_dict(), "best_model": best_model, "optimizer": opt.state_dict(),
-               "scheduler": sched.state_dict(), "torch_rng": torch.get_rng_state(), "loader_rng": gen.get_state(),
-               "run_key": run_key}, last, now=True)  # fmt: skip
-    if best_model is None:  # no epoch with a validation Dice: keep the last weights
-        best_model, state.best_epoch = net.state_dict(), state.epoch
-    _save({**meta, "model": best_model, "epoch": state.best_epoch, "val_dice": state.best_dice}, out_path)
-    _write_metrics([{**r, "trivial_val_dice": meta["trivial_val_dice"]} for r in state.rows], folder / "metrics.csv")
+        state.rows.append(_row(0, 0, float("nan"), *_validate(run.net, run.val_loader, run.inputs, N_HR_STAGES), float("nan")))
+    run.meta["untrained_val_dice"] = state.rows[0]["val_dice"]
+    return state
+
+
+def run_epoch(run: TrainRun, state: TrainState, epoch: int) -> dict:
+    """Train one epoch (a new phase starts with a fresh optimizer), validate, keep the best weights; the epoch's row."""
+    i, e = schedule.locate(run.plan, epoch)
+    if e == 1 and epoch > 1:  # a new phase: fresh optimizer and schedule, as the reference
+        run.new_optimizer(i)
+    phase = run.plan[i]
+    t0 = time.perf_counter()
+    lr = run.sched.get_last_lr()[0]
+    loss = _train_epoch(run.net, run.loader, run.inputs, run.opt, phase)
+    run.sched.step()
+    row = _row(epoch, i, loss, *_validate(run.net, run.val_loader, run.inputs, phase.net_phase), lr, time.perf_counter() - t0)
+    state.rows.append(row)
+    state.epoch = epoch
+    if row["val_dice"] > state.best_dice:  # NaN (a cascaded stage without output) never is
+        state.best_dice, state.best_epoch = row["val_dice"], epoch
+        state.best_model = {k: v.detach().clone() for k, v in run.net.state_dict().items()}
+    print(f"train: epoch {epoch}/{run.total_epochs} phase {i} lr {lr:.2g} loss {loss:.4f} "
+          f"val Dice {row['val_dice']:.3f} ({row['seconds']:.1f} s)", flush=True)  # fmt: skip
+    return row
+
+
+def save_last(run: TrainRun, state: TrainState) -> None:
+    """last.pt: everything needed to resume after ``state.epoch``, written at once (outside the stage's transaction)."""
+    ckpt = {**run.meta, "state": state.saved(), "model": run.net.state_dict(), "best_model": state.best_model,
+            "optimizer": run.opt.state_dict(), "scheduler": run.sched.state_dict(), "torch_rng": torch.get_rng_state(),
+            "loader_rng": run.gen.get_state(), "run_key": run.run_key}
+    save_torch(stamp(ckpt), run.folder / "last.pt", now=True)
+
+
+def finish(run: TrainRun, state: TrainState, out_path: Path) -> None:
+    """``out_path`` (the best epoch's weights, or the last ones when no epoch has a validation Dice),
+    ``metrics.csv`` and ``train.png``."""
+    if state.best_model is None:  # no epoch with a validation Dice: keep the last weights
+        state.best_model, state.best_epoch = run.net.state_dict(), state.epoch
+    ckpt = {**run.meta, "model": state.best_model, "epoch": state.best_epoch, "val_dice": state.best_dice}
+    save_torch(stamp(ckpt), out_path)
+    write_csv(run.folder / "metrics.csv", [{**r, "trivial_val_dice": run.meta["trivial_val_dice"]} for r in state.rows])
     from ulm.plots import plot_training
 
-    plot_training(state.rows, folder / "train.png")
-    return state.rows, meta["trivial_val_dice"]
+    plot_training(state.rows, run.folder / "train.png")
 
 
-def _resume(last: Path, run_key: str, net: ULMNet, gen: torch.Generator, resume: bool):
-    """(state, best weights, optimizer + scheduler states) from ``last`` when it belongs to this run."""
+def _resume(last: Path, run_key: dict[str, str], net: ULMNet, gen: torch.Generator,
+            resume: bool) -> tuple[TrainState, dict | None]:
+    """(state, optimizer + scheduler states) from ``last`` when it belongs to this run; the network's weights
+    and the random generators are restored from it too."""
     if not (resume and last.exists()):
-        return TrainState(), None, None
+        return TrainState(), None
     try:
         ckpt = torch.load(last, map_location="cpu", weights_only=True)
     except Exception as exc:  # a torn or foreign file: start afresh rather than trust it
         print(f"train: {last} unreadable ({type(exc).__name__}); starting afresh", flush=True)
-        return TrainState(), None, None
+        return TrainState(), None
     old_key = ckpt.get("run_key") if isinstance(ckpt.get("run_key"), dict) else {}
     changed = [what for what in ("config", "data") if old_key.get(what) != run_key[what]]
     if ckpt.get("architecture") != ARCHITECTURE:
         changed.append("architecture")
     if changed:
         print(f"train: {last} belongs to another run (its {' and '.join(changed)} changed); starting afresh", flush=True)
-        return TrainState(), None, None
+        return TrainState(), None
     net.load_state_dict(ckpt["model"])
     torch.set_rng_state(ckpt["torch_rng"])
     gen.set_state(ckpt["loader_rng"])
-    state = TrainState(**ckpt["state"])
+    state = TrainState(**{name: ckpt["state"][name] for name in PERSISTED}, best_model=ckpt["best_model"])
     print(f"train: resuming after epoch {state.epoch}", flush=True)
-    return state, ckpt["best_model"], {"optimizer": ckpt["optimizer"], "scheduler": ckpt["scheduler"]}
+    return state, {"optimizer": ckpt["optimizer"], "scheduler": ckpt["scheduler"]}
 
 
 def _train_epoch(net: ULMNet, loader: DataLoader, inputs: Inputs, opt, phase: schedule.Phase) -> float:
@@ -244,27 +268,9 @@ def _run_key(cfg: dict, seed: int, stores: list[SparseBlocks], iq_paths=()) -> d
     """What a resumable run depends on: ``config`` (the training config but device and workers, and the
     seed) and ``data`` (the content digests the writers recorded in the training stores)."""
     relevant = {k: v for k, v in cfg.items() if k not in ("device", "num_workers", "resume", "threads", "gpus")}
-    paths = [p for s in stores for p in (s.sparse_path, s.target_path)] + _as_list(iq_paths or [])
+    paths = [p for s in stores for p in (s.sparse_path, s.target_path)] + as_paths(iq_paths or [])
     return {"config": hashlib.sha256(json.dumps([relevant, seed], sort_keys=True, default=str).encode()).hexdigest(),
             "data": hashlib.sha256(" ".join(store_digest(p) for p in paths).encode()).hexdigest()}  # fmt: skip
-
-
-class _Tagged(Dataset):
-    """Adds the store and block index to each item (the dense baseline reads the same block from iq.zarr)."""
-
-    def __init__(self, subset: Subset, store: int):
-        self.subset, self.store = subset, store
-
-    def __len__(self) -> int:
-        return len(self.subset)
-
-    def __getitem__(self, i: int) -> dict:
-        return {**self.subset[i], "store": self.store, "block": self.subset.indices[i]}
-
-
-def _collate(items: list[dict]) -> dict:
-    return {**collate_sparse(items), "store": torch.tensor([it["store"] for it in items]),
-            "block": torch.tensor([it["block"] for it in items])}  # fmt: skip
 
 
 @torch.no_grad()
@@ -299,10 +305,3 @@ def trivial_dice(loader: DataLoader, factor: int) -> float:
 def _row(epoch: int, phase: int, train_loss: float, val_loss: float, val_dice: float, lr: float, seconds: float = 0.0) -> dict:
     return {"epoch": epoch, "phase": phase, "lr": lr, "train_loss": train_loss, "val_loss": val_loss, "val_dice": val_dice,
             "seconds": seconds}  # fmt: skip
-
-
-def _write_metrics(rows: list[dict], path: Path) -> None:
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)

@@ -1,4 +1,4 @@
-"""Noise, static tissue clutter and the SVD clutter filter."""
+"""Noise and static tissue clutter (the SVD clutter filter that removes it is :func:`ulm.imaging.blocks.svd_filter`)."""
 
 from __future__ import annotations
 
@@ -22,13 +22,3 @@ def clutter_scatterers(extent_xyz: np.ndarray, cell_um: np.ndarray, density: flo
     axes = [0, 1, 2] if dims == 3 else [0, 2]
     n = int(np.ceil(density * np.prod((hi - lo)[axes] / cell_um[axes])))
     return rng.uniform(lo, hi, size=(n, 3)), rng.standard_normal(n)
-
-
-def svd_filter(block: np.ndarray, n_components: int) -> np.ndarray:
-    """Remove the ``n_components`` largest singular components of a (T, ...) block (slow tissue)."""
-    if n_components <= 0:
-        return block
-    casorati = block.reshape(block.shape[0], -1)
-    u, s, vh = np.linalg.svd(casorati, full_matrices=False)
-    k = min(n_components, len(s))
-    return (casorati - (u[:, :k] * s[:k]) @ vh[:k]).reshape(block.shape).astype(np.complex64)

@@ -18,9 +18,10 @@ from ulm.config import derive_seed
 from ulm.errors import UlmError
 from ulm.forward.geometry import Grid, Probe, check_field_of_view, make_grid, make_probe
 from ulm.forward.psf import PsfTable, measure_psf_table, render_psf
-from ulm.forward.realism import add_noise, clutter_scatterers, svd_filter
+from ulm.forward.realism import add_noise, clutter_scatterers
 from ulm.forward.rf import rf_image
 from ulm.imaging import in_slab
+from ulm.imaging.blocks import svd_filter
 from ulm.parallel import concurrent_kernels_ok
 from ulm.progress import ProgressLog, progress_log
 from ulm.store import IqWriter, TracksReader, write_iq_block

@@ -18,7 +18,17 @@ from ulm.store.base import (
     store_digest,
     store_kind,
 )
-from ulm.store.files import _replace, atomic_path, remove_path, staged, transaction
+from ulm.store.files import (
+    _replace,
+    atomic_path,
+    remove_path,
+    save_figure,
+    save_torch,
+    staged,
+    transaction,
+    write_csv,
+    write_json,
+)
 from ulm.store.graph import VESSEL_TYPES, Flow, Graph, check_graph, read_flow, read_graph, write_flow, write_graph
 from ulm.store.images import (
     DENSITY_ATTRS,
@@ -49,6 +59,7 @@ __all__ = [
     "COMPRESSOR", "DENSITY_ATTRS", "IQ_ATTRS", "STORE_KINDS", "VESSEL_TYPES", "CooStore", "CooWriter", "Density", "Flow",
     "Graph", "Iq", "IqArray", "IqWriter", "Localizations", "LocalizationsWriter", "Tracks", "TracksReader", "TracksWriter",
     "_chunk_digests", "_replace", "atomic_path", "check_graph", "check_output", "read_density", "read_flow", "read_graph",
-    "read_iq", "read_localizations", "read_tracks", "remove_path", "staged", "store_digest", "store_kind", "transaction",
-    "write_density", "write_flow", "write_graph", "write_iq_block", "write_localizations",
+    "read_iq", "read_localizations", "read_tracks", "remove_path", "save_figure", "save_torch", "staged", "store_digest",
+    "store_kind", "transaction", "write_csv", "write_density", "write_flow", "write_graph", "write_iq_block", "write_json",
+    "write_localizations",
 ]

@@ -1,11 +1,16 @@
-"""Atomic outputs: everything a stage writes appears only when the stage has succeeded."""
+"""Atomic outputs: everything a stage writes appears only when the stage has succeeded.
+
+One writer per file kind: :func:`write_csv`, :func:`write_json`, :func:`save_figure` (PNG) and
+:func:`save_torch` (checkpoints), all built on :func:`atomic_path`."""
 
 from __future__ import annotations
 
 import contextlib
+import csv
+import json
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 _staged: list[tuple[Path, Path]] | None = None  # (temporary, final) paths of the open transaction
@@ -79,3 +84,38 @@ def remove_path(path: Path) -> None:
         shutil.rmtree(path)
     elif path.exists() or path.is_symlink():
         path.unlink()
+
+
+# --------------------------------------------------------------------------- one writer per file kind
+def write_csv(path: str | Path, rows: Iterable[Mapping], fieldnames: Sequence[str] | None = None,
+              extrasaction: str = "raise") -> None:  # fmt: skip
+    """A CSV table, written atomically: a header of ``fieldnames`` (default: the first row's keys), then one
+    line per row (``csv.DictWriter``; ``extrasaction="ignore"`` drops keys that are not columns)."""
+    rows = list(rows)
+    fields = list(fieldnames if fieldnames is not None else rows[0])
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=fields, extrasaction=extrasaction)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def write_json(path: str | Path, obj, indent: int | None = None) -> None:
+    """``json.dumps(obj, indent=indent)`` as a file (no trailing newline), written atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=indent))
+
+
+def save_figure(fig, path: str | Path, dpi: int = 110) -> None:
+    """A matplotlib figure (``matplotlib.figure.Figure``) as an image, written atomically; the format is the
+    path's suffix (PNG when it has none), cropped to its content (``bbox_inches="tight"``), ``dpi`` dots per inch."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format=path.suffix.lstrip(".") or "png")
+
+
+def save_torch(obj, path: str | Path, now: bool = False) -> None:
+    """``torch.save(obj)`` written atomically (``now``: at once, even inside an open :func:`transaction`)."""
+    import torch  # on demand: the store does not need torch otherwise
+
+    with atomic_path(path, now=now) as tmp:
+        torch.save(obj, tmp)

@@ -1,4 +1,5 @@
-"""Torch datasets over the COO stores: sparse blocks for spconv, and a dense view for the baseline.
+"""Torch datasets over the COO stores: sparse blocks for spconv, a dense view for the baseline, their
+collation, and the split of a store's blocks into training and validation blocks in time.
 
 Each block is one O(1) slice of the store (its rows between two ``block_offsets``). Stores are
 opened lazily in each worker process, so a DataLoader with ``num_workers > 0`` works unchanged.
@@ -10,10 +11,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import ConcatDataset, Dataset, Subset
 
 from ulm.errors import UlmError
-from ulm.sparse import cut, normalise
+from ulm.imaging.blocks import cut, held_out_start, normalise
 from ulm.store import CooStore, read_iq
 
 
@@ -106,3 +107,46 @@ class DenseBlocks(Dataset):
         _, scale = normalise(block)
         block = block / scale
         return torch.from_numpy(np.stack([block.real, block.imag]).astype(np.float32))
+
+
+# ------------------------------------------------------------------------- training / validation
+def as_paths(paths) -> list[Path]:
+    """One path or a list of paths -> a list of paths."""
+    return [Path(p) for p in ([paths] if isinstance(paths, str | Path) else paths)]
+
+
+def open_training_data(sparse_paths, target_paths, val_fraction: float) -> tuple[list[SparseBlocks], Dataset, Dataset]:
+    """Every store's blocks, split in time: the last ``val_fraction`` of each store validate."""
+    stores = [SparseBlocks(s, t) for s, t in zip(as_paths(sparse_paths), as_paths(target_paths), strict=True)]
+    shapes = {s.block_shape for s in stores}
+    if len(shapes) > 1:
+        raise UlmError(f"training stores with different block shapes {sorted(shapes)}: one network needs one block shape")
+    train_parts, val_parts = [], []
+    for i, data in enumerate(stores):
+        starts = data.origins[:, 0]
+        first_val = held_out_start(int(starts.max()) + data.block_shape[0], data.block_shape[0], val_fraction)
+        train_idx, val_idx = np.flatnonzero(starts < first_val), np.flatnonzero(starts >= first_val)
+        if len(train_idx) == 0 or len(val_idx) == 0:
+            raise UlmError(f"{data.sparse_path}: {len(data)} blocks, too few to hold out the last {val_fraction:.0%} in time")
+        train_parts.append(TaggedBlocks(Subset(data, train_idx.tolist()), i))
+        val_parts.append(TaggedBlocks(Subset(data, val_idx.tolist()), i))
+    return stores, ConcatDataset(train_parts), ConcatDataset(val_parts)
+
+
+class TaggedBlocks(Dataset):
+    """Adds the store and block index to each item (the dense baseline reads the same block from iq.zarr)."""
+
+    def __init__(self, subset: Subset, store: int):
+        self.subset, self.store = subset, store
+
+    def __len__(self) -> int:
+        return len(self.subset)
+
+    def __getitem__(self, i: int) -> dict:
+        return {**self.subset[i], "store": self.store, "block": self.subset.indices[i]}
+
+
+def collate_tagged(items: list[dict]) -> dict:
+    """:func:`collate_sparse` of :class:`TaggedBlocks` items, with their ``store`` and ``block`` (B,) indices."""
+    return {**collate_sparse(items), "store": torch.tensor([it["store"] for it in items]),
+            "block": torch.tensor([it["block"] for it in items])}  # fmt: skip
