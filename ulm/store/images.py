@@ -102,7 +102,9 @@ def write_iq_block(array_path: str, t0: int, data: np.ndarray) -> None:
 
 def _power_sum(data: np.ndarray) -> np.ndarray:
     """Sum over frames of |IQ|^2: (Z, [Y,] X) float64 from complex (n, Z, [Y,] X)."""
-    return np.sum(data.real.astype(np.float64) ** 2 + data.imag.astype(np.float64) ** 2, axis=0)
+    parts = np.ascontiguousarray(data, np.complex64).view(np.float32)  # (n, ..., 2X): real, imaginary interleaved
+    sums = np.einsum("t...,t...->...", parts, parts, dtype=np.float64)
+    return sums[..., 0::2] + sums[..., 1::2]
 
 
 @dataclass
