@@ -240,3 +240,16 @@ def test_forward_stage_iq_shows_the_bubble_at_its_position_in_um(tmp_path):
     k = np.unravel_index(np.argmax(np.asarray(levels[0])), levels[0].shape)
     scale, translation = meta["coordinateTransformations"][0]
     np.testing.assert_allclose(np.add(translation["translation"], np.multiply(scale["scale"], k)), peak_um)
+
+
+def test_stores_written_before_dimension_names_and_images_still_read(tmp_path):
+    """The layout of earlier versions (no dimension names, no coordinates, no ``ome`` attr, no power map)."""
+    density = zarr.open_group(str(tmp_path / "density.zarr"), mode="w", zarr_format=3)
+    density.attrs.update({"origin_um": [0.0, 0.0], "spacing_um": [5.0, 5.0], "factor": 8, "method": "m", "ulm_kind": "density"})
+    density.create_array("density", data=np.eye(3, dtype=np.float32))
+    np.testing.assert_array_equal(read_density(tmp_path / "density.zarr").density, np.eye(3))
+    iq = zarr.open_group(str(tmp_path / "iq.zarr"), mode="w", zarr_format=3)
+    iq.attrs.update({**_iq_attrs(2), "ulm_kind": "iq"})
+    iq.create_array("iq", data=np.ones((2, *SHAPES[2]), np.complex64))
+    assert read_iq(tmp_path / "iq.zarr").iq[:].shape == (2, *SHAPES[2])
+    assert not list(Reader(parse_url(str(tmp_path / "density.zarr")))())  # other tools see no image there
