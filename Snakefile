@@ -13,14 +13,31 @@ configfile: "config.yaml"
 
 
 try:
-    apply_preset(config, workflow.basedir, dict(workflow.config_settings.config))  # --config preset=NAME
-    config.update(validate_config(config))  # fills every default, rejects unknown or mistyped keys
-    check_disjoint_test_graph(config["graph"])  # no test vessel may reach training
+    # --config preset=NAME
+    apply_preset(config, workflow.basedir, dict(workflow.config_settings.config))
+    # fills every default, rejects unknown or mistyped keys
+    config.update(validate_config(config))
+    # no test vessel may reach training
+    check_disjoint_test_graph(config["graph"])
 except UlmError as exc:
     raise WorkflowError(str(exc)) from None
 
 
+report: "workflow/report/workflow.rst"
+
+
 include: "workflow/rules/common.smk"
+
+
+wildcard_constraints:
+    split="train|test",
+    dims="[23]",
+    c=r"\d+",
+    model="sparse|dense",
+    method=SPARSE_INPUT,
+    variant="|".join(ABLATION),
+
+
 include: "workflow/rules/simulation.smk"
 include: "workflow/rules/forward.smk"
 include: "workflow/rules/sparse.smk"
@@ -29,6 +46,14 @@ include: "workflow/rules/evaluation.smk"
 
 
 rule all:
+    default_target: True
     input:
         all_outputs(),
-    default_target: True
+
+
+onsuccess:
+    drop_dir_timestamps(RESULTS)
+
+
+onerror:
+    drop_dir_timestamps(RESULTS)

@@ -23,8 +23,10 @@ def test_every_key_has_type_default_unit_and_one_line_description():
     leaves = dict(_leaves(schema()))
     assert len(leaves) > 20
     for key, sub in leaves.items():
-        for field in ("type", "default", "unit", "description"):
+        for field in ("type", "default", "unit", "description", "x-stages"):
             assert field in sub, f"{key} lacks {field}"
+        assert isinstance(sub["x-stages"], list), key  # the workflow rules whose outputs depend on the key
+        assert sub.get("x-split") in (None, "train", "test"), key
         assert "\n" not in sub["description"].strip(), key
 
 
@@ -102,3 +104,11 @@ def test_test_graph_must_be_disjoint_from_the_training_graph(graph, ok):
     else:
         with pytest.raises(UlmError, match="is also the training graph"):
             check_disjoint_test_graph(graph)
+
+
+def test_resources_have_one_default_per_rule_group():
+    resources = load_config()["resources"]
+    assert set(resources) == {"simulation", "imaging", "network", "evaluation", "memory", "memory_quick"}
+    assert all(group["mem_mb"] > 0 and group["runtime"] > 0 for group in resources.values())
+    with pytest.raises(UlmError, match="resources.network.mem_mb"):
+        load_config(overrides=["resources.network.mem_mb=0"])

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+import zarr
 
 ROOT = Path(__file__).resolve().parents[1]
 CHECK_STORES = ROOT.parent / "shared" / "tools" / "check_stores.py"
@@ -78,6 +79,7 @@ def test_pipeline_writes_contract_stores_and_plots(finished_run):
     produced += ["test/2d/c3/density/trivial.zarr", "memory/memory.csv", "memory/memory.png", "memory/memory.json"]
     for name in produced:
         assert (out / name).exists(), name
+    assert not (out / "test/2d/c3/density/comparison.png").exists()  # render writes the figure where the rule names it
     assert not list(out.rglob("*.tmp"))
     if CHECK_STORES.exists():
         check = subprocess.run([sys.executable, str(CHECK_STORES), str(out)], capture_output=True, text=True)
@@ -111,6 +113,7 @@ RERUN_CASES = [
     ({"metrics": {"frc_split": "frames"}}, {"metrics": 1, "summary": 1, "claims": 1, "all": 1}),
     ({"memory": {"quick": False}}, {"memory": 1, "claims": 1, "all": 1}),
     ({"memory": {"enabled": False}}, {"claims": 1, "all": 1}),  # claims without the memory study
+    ({"resources": {"imaging": {"mem_mb": 100}, "network": {"runtime": 5}}}, {}),  # what a job asks for changes no output
     # a 3D setting does not touch a 2D run
     ({"concentrations_3d": [5]}, {}),
     ({"overrides_3d": {"train": {"width": 8}, "sparse": {"tau": 0.3}}}, {}),
@@ -125,6 +128,80 @@ def test_rerun_cases_cover_every_config_section():
 
     covered = {key for change, _ in RERUN_CASES for key in change}
     assert covered == set(schema()["properties"]) - {"preset", "run"}  # a new run name or preset reruns everything
+
+
+def _other_value(sub: dict):
+    """A valid value other than the default of a schema leaf, or None where none is easy to make."""
+    types = sub["type"] if isinstance(sub["type"], list) else [sub["type"]]
+    default = sub["default"]
+    if "enum" in sub:
+        return next(v for v in sub["enum"] if v != default)
+    if "boolean" in types:
+        return not default
+    if "integer" in types:
+        return (default or sub.get("minimum", 1)) + 1
+    if "string" in types:
+        return "tcp://127.0.0.1:8786" if default is None else f"{default}x"
+    return None
+
+
+def _no_stage_keys(node=None, path=()):
+    """(key path, another valid value) of every schema leaf that declares no stage and chooses no job."""
+    from ulm.config import schema
+
+    for key, sub in (node or schema())["properties"].items():
+        if "x-stages" not in sub:
+            yield from _no_stage_keys(sub, (*path, key))
+        elif not sub["x-stages"] and not sub.get("x-grid") and _other_value(sub) is not None:
+            yield (*path, key), _other_value(sub)
+
+
+def test_every_schema_leaf_declares_the_stages_it_affects():
+    from ulm.config import schema
+
+    rules = {"graph", "flow", "bubbles", "forward", "mask", "sparsify", "targets", "train", "infer", "conventional"}
+    rules |= {"render", "metrics", "summary", "claims", "memory"}
+
+    def leaves(node):
+        for sub in node["properties"].values():
+            yield from leaves(sub) if "x-stages" not in sub else [sub]
+
+    stages = [stage.partition(":")[0] for sub in leaves(schema()) for stage in sub["x-stages"]]
+    assert set(stages) <= rules
+    assert len(list(_no_stage_keys())) >= 15  # workers, device, threads, resources, the keys set per job
+
+
+@pytest.mark.slow
+def test_keys_declared_for_no_stage_plan_nothing(finished_run, workflow_copy):
+    """Every key whose schema entry lists no stage, changed at once: a dry run plans no job."""
+    change: dict = {}
+    for path, value in _no_stage_keys():
+        node = change
+        for key in path[:-1]:
+            node = node.setdefault(key, {})
+        node[path[-1]] = value
+    config = {**SMALL, **{k: {**SMALL.get(k, {}), **v} if isinstance(v, dict) else v for k, v in change.items()}}
+    assert config["train"]["epochs"] == 1 and config["forward"]["workers"] == 3
+    assert config["resources"]["network"]["mem_mb"] == 16001 and config["train"]["device"] != "auto"
+    assert planned_jobs(snakemake(finished_run, config, "-n", snakefile=workflow_copy / "Snakefile")) == {}
+
+
+@pytest.mark.slow
+def test_stores_open_without_a_warning(finished_run):
+    """Snakemake's .snakemake_timestamp is gone from the stores, so zarr (and xarray) list them without warning."""
+    import warnings
+
+    import xarray
+
+    out = finished_run / "results" / "t"
+    stores = [out / "test/graph.zarr", out / "test/c3/tracks.zarr", out / "test/2d/c3/iq.zarr"]
+    stores += [out / "test/2d/c3/density/trivial.zarr", out / "test/2d/c3/net-sparse-threshold-full/pred.zarr"]
+    assert not list(out.rglob(".snakemake_timestamp"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for store in stores:
+            assert list(zarr.open_group(store, mode="r").members(max_depth=None)), store
+        xarray.open_zarr(out / "test/graph.zarr", consolidated=False).close()
 
 
 @pytest.mark.slow
@@ -187,6 +264,8 @@ def test_report_gathers_figures_and_tables(finished_run, workflow_copy):
     names = ("comparison.png", "metrics.csv", "flow.png", "train.png", "dice.png", "ablation.csv", "tradeoff.png", "claims.csv")
     for name in names:
         assert name in html
+    assert "sparse-ulm, run" in html and "bundled:mouse_20100203" in html  # the workflow page, from the run's config
+    assert "many 128-frame blocks" in html and "512-frame" not in html  # captions take their numbers from the run
 
 
 @pytest.mark.slow

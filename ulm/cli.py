@@ -162,7 +162,7 @@ def cmd_render(args: argparse.Namespace, cfg: dict) -> None:
         preds[name if sep else "network"] = Path(path)
     with atomic_path(args.output) as folder:  # the whole folder replaces the previous one
         render_all(args.tracks, args.iq, folder, cfg, loc_path=args.localizations, pred_path=preds, progress=not args.quiet,
-                   input_path=args.input)  # fmt: skip
+                   input_path=args.input, comparison_path=args.comparison)  # fmt: skip
 
 
 def cmd_metrics(args: argparse.Namespace, cfg: dict) -> None:
@@ -181,11 +181,13 @@ def cmd_metrics(args: argparse.Namespace, cfg: dict) -> None:
 def cmd_summary(args: argparse.Namespace, cfg: dict) -> None:
     from ulm import summary
 
-    summary.summary_table(args.metrics, args.output)
+    runs = summary.parse_fields(args.run, len(args.metrics), "--run", "metrics.json")
+    train_runs = summary.parse_fields(args.train_run, len(args.train_metrics), "--train-run", "--train-metrics")
+    summary.summary_table(args.metrics, args.output, runs)
     if args.dice_plot:
-        summary.plot_dice_vs_concentration(args.metrics, args.dice_plot)
+        summary.plot_dice_vs_concentration(args.metrics, args.dice_plot, runs)
     if args.ablation:
-        summary.ablation_table(args.metrics, args.ablation, args.train_metrics)
+        summary.ablation_table(args.metrics, args.ablation, runs, args.train_metrics, train_runs)
     if args.tradeoff_plot:
         summary.plot_tradeoff(args.tradeoff, args.tradeoff_plot)
 
@@ -265,14 +267,31 @@ def parser() -> argparse.ArgumentParser:
         if name == "sparsify":
             p.add_argument("--tracks", type=Path, help="tracks.zarr, to compute the trade-off curve")
             p.add_argument("--csv", type=Path, help="write the trade-off table here (needs --tracks)")
+            p.add_argument("--comparison", type=Path, help="write the side-by-side figure here (PNG) instead of into OUTPUT")
         if name in ("render", "metrics"):
             p.add_argument("--localizations", type=Path, help="localizations.zarr of conventional ULM")
         if name == "render":
             p.add_argument("--pred", action="append", default=[], metavar="[NAME=]PRED",
                            help="pred.zarr of a network (repeat for several; NAME labels its map, default network)")  # fmt: skip
             p.add_argument("--input", type=Path, help="the networks' sparse.zarr input: also render the trivial predictor")
+            p.add_argument(
+                "--run",
+                action="append",
+                nargs="+",
+                default=[],
+                metavar="FIELD=VALUE",
+                help="what each metrics.json scores, in order: one --run dims=D concentration=C per file",
+            )
         if name == "metrics":
             p.add_argument("--label", default="", help="a name for this run in the summary (e.g. 2d/c10)")
+            p.add_argument(
+                "--train-run",
+                action="append",
+                nargs="+",
+                default=[],
+                metavar="FIELD=VALUE",
+                help="the network of each --train-metrics log, in order: one --train-run dims=D variant=V per file",
+            )
         if name == "summary":
             p.add_argument("metrics", type=Path, nargs="+", help="metrics.json files")
             p.add_argument("--dice-plot", type=Path, help="also plot Dice against concentration per method here (PNG)")
@@ -311,7 +330,8 @@ def parser() -> argparse.ArgumentParser:
 OUTPUT_KIND = {"graph": "graph", "flow": "flow", "bubbles": "tracks", "forward": "iq", "sparsify": "sparse", "mask": "file",
                "targets": "target", "train": "file", "infer": "pred", "conventional": "localizations",
                "render": "density-folder", "metrics": "file", "summary": "file", "claims": "file"}  # fmt: skip
-EXTRA_OUTPUTS = ("plot", "csv", "dice_plot", "ablation", "tradeoff_plot", "dice_kept_plot", "ablation_plot", "maps_plot",
+EXTRA_OUTPUTS = ("plot", "csv", "comparison",
+                 "dice_plot", "ablation", "tradeoff_plot", "dice_kept_plot", "ablation_plot", "maps_plot",
                  "learning_plot")  # fmt: skip
 TRAIN_SIBLINGS = ("last.pt", "metrics.csv", "train.png")  # written beside model.pt
 
@@ -325,7 +345,7 @@ def outputs(args: argparse.Namespace) -> list[tuple[Path, str]]:
     return out
 
 
-NOT_PATHS = ("stage", "overrides", "label", "headline_input")  # string arguments that name no file
+NOT_PATHS = ("stage", "overrides", "label", "headline_input", "run", "train_run")  # string arguments that name no file
 
 
 def inputs(args: argparse.Namespace) -> list[Path]:

@@ -2,7 +2,9 @@
 `ulm summary`): the metrics table, Dice against concentration per method, the ablation table and the
 sparsification trade-off curves of every method.
 
-Runs are labelled ``<dims>d/c<concentration>`` (``ulm metrics --label``). Network maps are named
+What each file scores comes with it as fields (``ulm summary --run dims=2 concentration=10`` per
+metrics.json, ``--train-run dims=2 variant=pruning`` per training log), never parsed from a path or a
+label; a run is shown as ``<dims>d/c<concentration>``. Network maps are named
 ``network_<model>_cnn`` (the full training) and ``network_sparse_<ablation>_cnn`` (one change each,
 see ``train.ablations``).
 """
@@ -10,53 +12,66 @@ see ``train.ablations``).
 from __future__ import annotations
 
 import csv
-import re
 from pathlib import Path
 
-import matplotlib
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from ulm.config import ABLATIONS, network_map_name, parse_network_map_name  # noqa: E402
-from ulm.errors import UlmError  # noqa: E402
-from ulm.metrics import jackknife_interval, read_metrics_file  # noqa: E402
-from ulm.plots import _save  # noqa: E402
-from ulm.store import atomic_path  # noqa: E402
+from ulm.config import ABLATIONS, network_map_name, parse_network_map_name
+from ulm.errors import UlmError
+from ulm.results import jackknife_interval, read_metrics_file
+from ulm.store import save_figure, write_csv
 
 ABLATION_CHANGE = {"full": "as configured"} | {
     variant: ", ".join(f"train.{key} = {str(value).lower()}" for key, value in changes.items())
     for variant, changes in ABLATIONS.items()
 }
 _ABLATION_OF_MAP = {network_map_name("sparse", variant): variant for variant in ABLATIONS}
-_LABEL = re.compile(r"^([23])d/c(\d+)$")
+FIELDS = {"dims": int, "concentration": int, "variant": str}  # the fields a --run or --train-run may give
 
 
-def read_metrics(paths: list[str | Path]) -> list[dict]:
-    """The ``metrics.json`` files, each with its ``dims`` and ``concentration`` parsed from its label."""
-    runs = []
-    for path in map(Path, paths):
+def parse_fields(groups: list[list[str]], count: int, option: str, files: str) -> list[dict]:
+    """``[["dims=2", "concentration=10"], ...]`` (one group per file, in order) -> ``[{dims: 2, concentration:
+    10}, ...]``; none at all -> an empty dict per file."""
+    if not groups:
+        return [{} for _ in range(count)]
+    if len(groups) != count:
+        raise UlmError(f"summary: {len(groups)} {option} for {count} {files} files (one each, in the same order)")
+    out = []
+    for group in groups:
+        fields = {}
+        for item in group:
+            key, sep, value = item.partition("=")
+            if not sep or key not in FIELDS:
+                raise UlmError(f"summary: {option} {item!r}: expected FIELD=VALUE with FIELD one of {sorted(FIELDS)}")
+            try:
+                fields[key] = FIELDS[key](value)
+            except ValueError:
+                raise UlmError(f"summary: {option} {item!r}: {key} must be {FIELDS[key].__name__}") from None
+        out.append(fields)
+    return out
+
+
+def read_metrics(paths: list[str | Path], runs: list[dict] | None = None) -> list[dict]:
+    """The ``metrics.json`` files, each with the ``dims`` and ``concentration`` of its ``runs`` entry (None
+    where not given) and a ``label`` ``<dims>d/c<concentration>`` (else the file's own label)."""
+    runs = runs or [{} for _ in paths]
+    if len(runs) != len(paths):
+        raise UlmError(f"summary: {len(runs)} runs described for {len(paths)} metrics files")
+    out = []
+    for path, run in zip(map(Path, paths), runs, strict=True):
         m = read_metrics_file(path, ("reference",))
-        label = m.get("label") or str(path.parent)
-        match = _LABEL.match(label)
-        dims, conc = (int(match[1]), int(match[2])) if match else (None, None)
-        runs.append({**m, "label": label, "dims": dims, "concentration": conc})
-    return runs
+        dims, conc = run.get("dims"), run.get("concentration")
+        label = f"{dims}d/c{conc}" if dims is not None and conc is not None else m.get("label") or str(path.parent)
+        out.append({**m, "label": label, "dims": dims, "concentration": conc})
+    return out
 
 
-def _write_csv(rows: list[dict], fields: list[str], out_csv: str | Path) -> None:
-    with atomic_path(out_csv) as tmp, open(tmp, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(rows)
-
-
-def summary_table(metrics_paths: list[str | Path], out_csv: str | Path) -> list[dict]:
+def summary_table(metrics_paths: list[str | Path], out_csv: str | Path, runs: list[dict] | None = None) -> list[dict]:
     """One CSV row per (run, method): Dice (the paper's) with the half-width of its 95 % jackknife interval over
     test blocks, the one-pixel-tolerant Dice / precision / recall of the map, FRC resolution and, for the
     conventional method, localization precision / recall / Jaccard / RMSE (um)."""
     rows = []
-    for m in read_metrics(metrics_paths):
+    for m in read_metrics(metrics_paths, runs):
         loc = m.get("localization", {})
         for method, value in sorted(m.get("dice", {}).items()):
             frc = m.get("frc", {}).get(f"{method}_vs_{m['reference']}", {})
@@ -69,7 +84,7 @@ def summary_table(metrics_paths: list[str | Path], out_csv: str | Path) -> list[
             rows.append(row)
     fields = ["run", "method", "dice", "dice_ci95", "dice_tolerant", "precision_tolerant", "recall_tolerant", "frc_resolution_um",
               "precision", "recall", "jaccard", "rmse_um"]  # fmt: skip
-    _write_csv(rows, fields, out_csv)
+    write_csv(out_csv, rows, fields)
     return rows
 
 
@@ -77,37 +92,41 @@ def _is_ablation(method: str) -> bool:
     return method in _ABLATION_OF_MAP
 
 
-_TRAIN_RUN = re.compile(r"([23])d/net-sparse-[a-z]+-([a-z_]+)/metrics\.csv$")
-
-
-def training_costs(train_metrics: list[str | Path]) -> dict[tuple[int, str], dict]:
+def training_costs(train_metrics: list[str | Path], train_runs: list[dict]) -> dict[tuple[int, str], dict]:
     """(dims, variant) -> training seconds (sum over epochs) and best validation Dice, from the
-    ``metrics.csv`` that `ulm train` writes in ``.../<d>d/net-sparse-<method>-<variant>/`` (one network
-    per dimension, scored at every concentration)."""
+    ``metrics.csv`` that `ulm train` writes (one network per dimension, scored at every concentration);
+    ``train_runs`` gives each log's dims and variant."""
+    if len(train_runs) != len(train_metrics):
+        raise UlmError(f"summary: {len(train_runs)} networks described for {len(train_metrics)} training logs")
     costs = {}
-    for path in map(Path, train_metrics):
-        match = _TRAIN_RUN.search(path.as_posix())
-        if not match:
-            raise UlmError(f"training log {path}: expected .../<d>d/net-sparse-<method>-<variant>/metrics.csv")
+    for path, run in zip(map(Path, train_metrics), train_runs, strict=True):
+        if not {"dims", "variant"} <= set(run):
+            raise UlmError(f"training log {path}: expected its dims and variant (--train-run dims=D variant=V)")
         with open(path, newline="") as fh:
             epochs = list(csv.DictReader(fh))
         dice = [float(e["val_dice"]) for e in epochs if float(e["val_dice"]) == float(e["val_dice"])]  # NaN: cascaded stage
-        costs[int(match[1]), match[2]] = {
+        costs[run["dims"], run["variant"]] = {
             "train_seconds": round(sum(float(e["seconds"]) for e in epochs), 1),
             "best_val_dice": max(dice, default=float("nan")),
         }
     return costs
 
 
-def ablation_table(metrics_paths: list[str | Path], out_csv: str | Path, train_metrics: list[str | Path] = ()) -> list[dict]:
+def ablation_table(
+    metrics_paths: list[str | Path],
+    out_csv: str | Path,
+    runs: list[dict] | None = None,
+    train_metrics: list[str | Path] = (),
+    train_runs: list[dict] = (),
+) -> list[dict]:
     """Dice on the test data of the sparse network's ablations at every run (each network is trained
     once per dimension and scored at every concentration), next to the full training and conventional ULM;
     with ``train_metrics`` (the networks' training logs) also their training time (s) and best validation
     Dice. Columns: dims,
     concentration, variant, change, dice, dice_minus_full, train_seconds, best_val_dice."""
-    costs = training_costs(list(train_metrics))
+    costs = training_costs(list(train_metrics), list(train_runs))
     rows = []
-    for m in read_metrics(metrics_paths):
+    for m in read_metrics(metrics_paths, runs):
         dice = m.get("dice", {})
         variants = {_ABLATION_OF_MAP[k]: v for k, v in dice.items() if _is_ablation(k)}
         if not variants:
@@ -123,18 +142,19 @@ def ablation_table(metrics_paths: list[str | Path], out_csv: str | Path, train_m
             rows.append({"dims": m["dims"], "concentration": m["concentration"], "variant": "conventional",
                          "change": "conventional ULM", "dice": dice["conventional"], "dice_minus_full": None})  # fmt: skip
     fields = ["dims", "concentration", "variant", "change", "dice", "dice_minus_full", "train_seconds", "best_val_dice"]
-    _write_csv(rows, fields, out_csv)
+    write_csv(out_csv, rows, fields)
     return rows
 
 
-def plot_dice_vs_concentration(metrics_paths: list[str | Path], path: str | Path) -> None:
+def plot_dice_vs_concentration(metrics_paths: list[str | Path], path: str | Path, runs: list[dict] | None = None) -> None:
     """Dice against MB concentration, one line per method (ablations left to the ablation table),
     one panel per dimensionality."""
-    runs = [m for m in read_metrics(metrics_paths) if m["dims"] is not None]
+    runs = [m for m in read_metrics(metrics_paths, runs) if m["dims"] is not None and m["concentration"] is not None]
     if not runs:
-        raise UlmError("summary: no metrics labelled <dims>d/c<concentration> to plot")
+        raise UlmError("summary: no metrics with their dims and concentration to plot")
     all_dims = sorted({m["dims"] for m in runs})
-    fig, axes = plt.subplots(1, len(all_dims), figsize=(5.2 * len(all_dims), 4.0), squeeze=False, layout="constrained")
+    fig = Figure(figsize=(5.2 * len(all_dims), 4.0), layout="constrained")
+    axes = fig.subplots(1, len(all_dims), squeeze=False)
     for ax, dims in zip(axes[0], all_dims, strict=True):
         per_method: dict[str, list[tuple[int, float, float]]] = {}
         for m in runs:
@@ -153,7 +173,7 @@ def plot_dice_vs_concentration(metrics_paths: list[str | Path], path: str | Path
                ylim=(0, 1))  # fmt: skip
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def read_tradeoff(csv_paths: list[str | Path]) -> list[dict]:
@@ -181,7 +201,8 @@ def plot_tradeoff(csv_paths: list[str | Path], path: str | Path) -> None:
     concentrations = sorted({r["concentration"] for r in rows}, key=lambda c: int(c.lstrip("c")))
     colours = {m: f"C{i}" for i, m in enumerate(methods)}
     styles = dict(zip(concentrations, ["-", "--", ":", "-."] * 4, strict=False))
-    fig, axes = plt.subplots(1, len(all_dims), figsize=(5.2 * len(all_dims), 4.0), squeeze=False, layout="constrained")
+    fig = Figure(figsize=(5.2 * len(all_dims), 4.0), layout="constrained")
+    axes = fig.subplots(1, len(all_dims), squeeze=False)
     for ax, dims in zip(axes[0], all_dims, strict=True):
         for method in methods:
             for conc in concentrations:
@@ -199,4 +220,4 @@ def plot_tradeoff(csv_paths: list[str | Path], path: str | Path) -> None:
                title=f"{dims.upper()} test data (dots: configured)")  # fmt: skip
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    _save(fig, path)
+    save_figure(fig, path)

@@ -1,16 +1,45 @@
-# Helpers shared by the rule files: result paths, config slices for `params:`, the ulm command.
+# Helpers shared by the other .smk files (functions only, no rules), with result paths, the config keys each
+# job's `params:` hold (from the schema's x-stages), resources and the ulm command.
 import json
+import os
+import shlex
 import sys
 from pathlib import Path
 
-from ulm.config import derive_seed, for_dims, network_map_name, sweep_point
+from ulm.config import (
+    ABLATIONS,
+    derive_seed,
+    for_dims,
+    network_map_name,
+    schema,
+    sweep_point,
+)
 from ulm.vascular import resolve_source
 
 RUN = config["run"]
 RESULTS = f"results/{RUN}"
 RUN_OF_SPLIT = f"{RESULTS}/{{split}}/{{dims}}d/c{{c}}"  # one imaging run of a split
 LOGS = f"logs/{RUN}"
-BENCHMARKS = Path(workflow.basedir) / "benchmarks"  # the memory rule runs benchmarks/memory.py
+RUN_DIR = f"{RESULTS}/test/{{dims}}d/c{{c}}"  # one test run: evaluation
+NET = "{dims}d/net-{model}-{method}-{variant}"  # one network per dimension, model, method and variant
+BENCHMARKS = (
+    Path(workflow.basedir) / "benchmarks"
+)  # the memory rule runs benchmarks/memory.py
+
+
+class RunSetting:
+    """A `params:` value that shapes how a job runs, not what it writes (the interpreter, the device, a
+    dask scheduler): not a builtin type, so Snakemake leaves it out of the params it compares for reruns.
+    """
+
+    def __init__(self, text):
+        self.text = str(text)
+
+    def __str__(self):
+        return self.text
+
+    def __format__(self, spec):
+        return format(self.text, spec)
 
 
 def _conda_enabled():
@@ -23,41 +52,114 @@ def _conda_enabled():
 
 
 # Under --use-conda the rule's env provides python; otherwise the interpreter running snakemake.
-PYTHON = (
+PYTHON = RunSetting(
     f'PYTHONPATH="{workflow.basedir}${{PYTHONPATH:+:$PYTHONPATH}}" python'
     if _conda_enabled()
-    else f'"{sys.executable}"'
+    else shlex.quote(sys.executable)
 )
-ULM = f"{PYTHON} -m ulm"
+ULM = RunSetting(f"{PYTHON} -m ulm")
 
 
 def code(*modules):
-    """Digest of the ``ulm`` modules (files or packages) a rule runs: as a `params:` entry it makes
-    Snakemake rerun the rule when that code changes (Snakemake does not follow imports itself)."""
+    """Digest of the ``ulm`` modules (files or packages) that a job runs, as a `params:` entry: it makes
+    Snakemake rerun the rule when that code changes (Snakemake does not follow imports itself).
+    """
     import hashlib
 
     digest = hashlib.sha256()
     for module in modules:
         path = Path(workflow.basedir) / "ulm" / module
+        if not path.exists() and path.suffix == ".py":  # a module that became a package
+            path = path.with_suffix("")
         for file in sorted(path.rglob("*.py")) if path.is_dir() else [path]:
             digest.update(file.read_bytes())
     return digest.hexdigest()[:16]
 
 
-def section(name, drop=(), keep=None, dims=None):
-    """A config section (or the ``keep`` keys of it) as compact JSON: the `params:` that make a rule
-    rerun exactly when a value it uses changes. With ``dims`` 3 the section has `overrides_3d` laid over it."""
-    values = {**config[name], **(config["overrides_3d"].get(name, {}) if dims is not None and int(dims) == 3 else {})}
-    part = {k: v for k, v in values.items() if k not in drop and (keep is None or k in keep)}
-    return json.dumps(part, sort_keys=True)
+def _stage_keys(node, path=()):
+    """(key path, x-stages, x-split) of every leaf key of the schema."""
+    for key, sub in node.get("properties", {}).items():
+        if "x-stages" in sub:
+            yield (*path, key), sub["x-stages"], sub.get("x-split")
+        else:
+            yield from _stage_keys(sub, (*path, key))
 
 
-SPLITS = ("train", "test")  # networks train on `train`; every method is scored on `test` (another graph or region)
-METHOD = config["sparse"]["methods"][0]  # the networks train on the first sparsification method
-CONCENTRATIONS = {2: config["concentrations"], 3: config["concentrations_3d"] or config["concentrations"]}
-ALL_C = sorted({c for d in config["dims"] for c in CONCENTRATIONS[d]})  # ground truth is simulated once per split and c
+STAGE_KEYS = list(_stage_keys(schema()))
+
+
+def settings(stage, dims=None, split=None, method=None):
+    """The config keys whose schema entry lists ``stage`` (or ``stage:method``) in x-stages, as nested
+    sections: a rule's `params:`, so that it reruns exactly when a value it uses changes. With ``dims`` 3,
+    overrides_3d is laid over the config; with ``split``, keys of the other split are left out and the seed
+    is the split's."""
+    cfg = for_dims(config, dims) if dims is not None else config
+    out = {}
+    for path, stages, only in STAGE_KEYS:
+        if (stage in stages or f"{stage}:{method}" in stages) and only in (None, split):
+            value = cfg
+            for key in path:
+                value = value[key]
+            node = out
+            for key in path[:-1]:
+                node = node.setdefault(key, {})
+            node[path[-1]] = value
+    if "seed" in out and split is not None:
+        out["seed"] = split_seed(split)
+    return out
+
+
+def set_args(values):
+    """``--set`` arguments of nested settings, one per section (a section given whole, its other keys at
+    their defaults, as the stage does not read them), sorted: a stable string for Snakemake to compare.
+    """
+    return " ".join(
+        f"--set {shlex.quote(f'{key}={json.dumps(value, sort_keys=True)}')}"
+        for key, value in sorted(values.items())
+    )
+
+
+def stage_args(stage):
+    """An input function: the ``--set`` arguments of ``stage`` at a job's dims and split (the config keys
+    whose schema lists the stage)."""
+    return lambda w: set_args(settings(stage, dims=w.get("dims"), split=w.get("split")))
+
+
+def resources_of(group):
+    """mem_mb and runtime of a rule group (config `resources`)."""
+    return {key: config["resources"][group][key] for key in ("mem_mb", "runtime")}
+
+
+def threads_of(group):
+    """Threads of a rule group (config `resources`)."""
+    return config["resources"][group]["threads"]
+
+
+SPLITS = (
+    "train",
+    "test",
+)  # networks train on `train`; every method is scored on `test` (another graph or region)
+METHOD = config["sparse"]["methods"][
+    0
+]  # the networks train on the first sparsification method
+CONCENTRATIONS = {
+    2: config["concentrations"],
+    3: config["concentrations_3d"] or config["concentrations"],
+}
+ALL_C = sorted(
+    {c for d in config["dims"] for c in CONCENTRATIONS[d]}
+)  # ground truth is simulated once per split and c
 VARIANTS = ["full"] + list(config["train"]["ablations"])
-SWEEP = [m for m in config["train"]["sweep"] if m != METHOD]  # the headline network once more on each of these inputs
+SWEEP = [
+    m for m in config["train"]["sweep"] if m != METHOD
+]  # the headline network once more on each of these inputs
+# variant -> its changes to the `train` section (full: as configured; the ablations: ulm.config.ABLATIONS)
+ABLATION = {"full": ""} | {
+    variant: " ".join(
+        f"--set train.{key}={json.dumps(value)}" for key, value in changes.items()
+    )
+    for variant, changes in ABLATIONS.items()
+}
 
 
 def concentrations(dims):
@@ -92,7 +194,11 @@ def graph_source_file(split):
 
 def split_seed(split):
     """The master seed of a split: the test data never share random draws with the training data."""
-    return config["seed"] if split == "train" else derive_seed(config["seed"], "test split")
+    return (
+        config["seed"]
+        if split == "train"
+        else derive_seed(config["seed"], "test split")
+    )
 
 
 def graph_seed(split):
@@ -100,20 +206,38 @@ def graph_seed(split):
     return split_seed(split) if graph_source(split) == "synthetic" else 0
 
 
-def graph_section(split):
-    """The `graph` section as one split sees it: its own crop box, no source keys (those are a param)."""
-    graph = {k: v for k, v in config["graph"].items() if k not in ("source", "test_source", "crop_um", "test_crop_um")}
-    graph["crop_um"] = config["graph"]["crop_um" if split == "train" else "test_crop_um"]
-    return json.dumps(graph, sort_keys=True)
+def graph_args(split):
+    """``--set`` arguments of the `graph` rule: the split's crop box as graph.crop_um, its seed only for a
+    synthetic graph (a file source ignores it, so it does not rerun); the source is a positional argument.
+    """
+    values = settings("graph", split=split)
+    graph = values["graph"]
+    graph.pop("source" if split == "train" else "test_source")
+    graph["crop_um"] = graph.pop("crop_um" if split == "train" else "test_crop_um")
+    values["seed"] = graph_seed(split)
+    return set_args(values)
 
 
 def net_dirs(dims, c):
     """Map name -> test folder of every network scored at (dims, c): each model, and the ablations of the
     sparse one (each trained once per dimension, scored at every concentration)."""
     base = f"{RESULTS}/test/{dims}d/c{c}"
-    nets = {network_map_name(m): f"{base}/net-{m}-{METHOD}-full" for m in for_dims(config, dims)["train"]["models"]}
-    nets.update({network_map_name("sparse", v): f"{base}/net-sparse-{METHOD}-{v}" for v in variants(dims)[1:]})
-    nets.update({network_map_name("sparse", method=m): f"{base}/net-sparse-{m}-full" for m in sweep(dims)})
+    nets = {
+        network_map_name(m): f"{base}/net-{m}-{METHOD}-full"
+        for m in for_dims(config, dims)["train"]["models"]
+    }
+    nets.update(
+        {
+            network_map_name("sparse", v): f"{base}/net-sparse-{METHOD}-{v}"
+            for v in variants(dims)[1:]
+        }
+    )
+    nets.update(
+        {
+            network_map_name("sparse", method=m): f"{base}/net-sparse-{m}-full"
+            for m in sweep(dims)
+        }
+    )
     return nets
 
 
@@ -129,26 +253,46 @@ def run_dims(run):
 
 def runs(split="test"):
     """Folders of the imaging runs of a split: one per dimension and concentration of its grid."""
-    return [f"{RESULTS}/{split}/{d}d/c{c}" for d in config["dims"] for c in concentrations(d)]
+    return [
+        f"{RESULTS}/{split}/{d}d/c{c}"
+        for d in config["dims"]
+        for c in concentrations(d)
+    ]
 
 
 def all_outputs():
     ground_truth = expand(f"{RESULTS}/{{s}}/{{name}}", s=SPLITS, name=["flow.png"])
-    ground_truth += expand(f"{RESULTS}/{{s}}/c{{c}}/{{name}}", s=SPLITS, c=ALL_C, name=["tracks.zarr", "tracks.png"])
+    ground_truth += expand(
+        f"{RESULTS}/{{s}}/c{{c}}/{{name}}",
+        s=SPLITS,
+        c=ALL_C,
+        name=["tracks.zarr", "tracks.png"],
+    )
     imaging = [f"{run}/{name}" for run in runs("train") + runs("test") for name in ["iq.zarr", "iq.png"]
                + [f"sparse-{m}.{ext}" for m in methods(run_dims(run)) for ext in ("zarr", "png")]]  # fmt: skip
-    preds = [f"{net}/pred.zarr" for d in config["dims"] for c in concentrations(d) for net in net_dirs(d, c).values()]
+    preds = [
+        f"{net}/pred.zarr"
+        for d in config["dims"]
+        for c in concentrations(d)
+        for net in net_dirs(d, c).values()
+    ]
     evaluation = expand(f"{{run}}/comparison.png", run=runs())
-    summary = [f"{RESULTS}/{name}" for name in ("metrics.csv", "dice.png", "ablation.csv", "tradeoff.png")]
-    summary += [f"{RESULTS}/{name}" for name in ("claims.csv", "dice_kept.png", "ablation.png", "maps.png", "learning.png")]
+    summary = [
+        f"{RESULTS}/{name}"
+        for name in ("metrics.csv", "dice.png", "ablation.csv", "tradeoff.png")
+    ]
+    summary += [
+        f"{RESULTS}/{name}"
+        for name in (
+            "claims.csv",
+            "dice_kept.png",
+            "ablation.png",
+            "maps.png",
+            "learning.png",
+        )
+    ]
     summary += [f"{RESULTS}/memory/memory.png"] if config["memory"]["enabled"] else []
     return [*ground_truth, *imaging, *preds, *evaluation, *summary]
-
-
-def train_params(w):
-    """Train keys that change the model (device, workers, resume and the grid do not)."""
-    grid_keys = ("models", "model", "ablations", "ablation_dims", "sweep", "sweep_dims")
-    return section("train", drop=(*grid_keys, "device", "num_workers", "threads", "resume", "gpus"), dims=w.dims)
 
 
 def training_stores(w):
@@ -168,17 +312,65 @@ def train_args(w, input):
     return f"{iqs} {pairs}"
 
 
-# keys that do not change a method's output (so changing them does not rerun it)
-LEARNED_KEYS = ("learned_threshold", "learned_epochs", "mask_checkpoint")
-SPARSIFY_IGNORES = {
-    "threshold": ("methods", "method", "factor", "workers", "topk_k", *LEARNED_KEYS),
-    "topk": ("methods", "method", "factor", "workers", "tau", *LEARNED_KEYS),
-    "learned": ("methods", "method", "factor", "workers", "tau", "topk_k", "learned_epochs", "mask_checkpoint"),
-}
 SPARSE_INPUT = r"(threshold|topk)(-[0-9.]+)?|learned"  # a method, or a sweep point such as threshold-0.05 (train.sweep)
 
 
-def sparsify_section(w):
-    """The sparse keys a method (or a sweep point, which also sets its tau or k) uses, as JSON."""
+def sparsify_args(w):
+    """``--set`` arguments of a sparsification input: the keys its method uses, a sweep point's tau or k."""
     method, point = sweep_point(w.method)
-    return json.dumps({**json.loads(section("sparse", drop=SPARSIFY_IGNORES[method], dims=w.dims)), **point}, sort_keys=True)
+    values = settings("sparsify", dims=w.dims, split=w.split, method=method)
+    values["sparse"].update(point, method=method)
+    return set_args(values)
+
+
+def eval_preds(w):
+    """Map name -> pred.zarr of every network scored at this (dims, c) (see net_dirs)."""
+    return {name: f"{net}/pred.zarr" for name, net in net_dirs(w.dims, w.c).items()}
+
+
+def memory_args():
+    """benchmarks/memory.py arguments from the keys of the memory stage (the run's dims, memory.quick)."""
+    values = settings("memory")
+    quick = "--quick --no-rss-check " if values["memory"]["quick"] else ""
+    return f"{quick}--dims {' '.join(map(str, values['dims']))}"
+
+
+def memory_group():
+    """The resources group of the memory study: the quick one, or the full one."""
+    return "memory_quick" if config["memory"]["quick"] else "memory"
+
+
+def ablation_logs():
+    """(training log, (dims, variant)) of the headline sparse network and its ablations, where there are any."""
+    return [
+        (f"{RESULTS}/train/{d}d/net-sparse-{METHOD}-{v}/metrics.csv", (d, v))
+        for d in config["dims"]
+        if len(variants(d)) > 1
+        for v in variants(d)
+    ]
+
+
+def ablation_args():
+    """`ulm summary` arguments of the ablation training logs: the files, and what each one trained."""
+    logs = ablation_logs()
+    if not logs:
+        return ""
+    runs = " ".join(f"--train-run dims={d} variant={v}" for _, (d, v) in logs)
+    return f"--train-metrics {' '.join(log for log, _ in logs)} {runs}"
+
+
+def drop_dir_timestamps(root):
+    """Remove the ``.snakemake_timestamp`` Snakemake leaves in each directory output (a zarr store or a
+    density folder) under ``root``, which zarr warns about, giving the directory its mtime: Snakemake then
+    reads the same mtime from the directory itself, so nothing looks newer than it was.
+    """
+    for folder, subdirs, files in os.walk(root):
+        if ".snakemake_timestamp" in files:
+            stamp = Path(folder) / ".snakemake_timestamp"
+            times = (stamp.stat().st_atime, stamp.stat().st_mtime)
+            stamp.unlink()
+            os.utime(folder, times)
+        if folder.endswith(".zarr") or Path(folder).name == "density":
+            subdirs[:] = (
+                []
+            )  # a store's (or density folder's) own folders are not outputs: not walked
