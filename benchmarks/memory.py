@@ -55,7 +55,6 @@ warnings.filterwarnings("ignore", category=FutureWarning)
 warnings.filterwarnings("ignore", message=".*is_fx_tracing.*")
 
 import argparse  # noqa: E402
-import csv  # noqa: E402
 import gc  # noqa: E402
 import json  # noqa: E402
 import sys  # noqa: E402
@@ -73,7 +72,7 @@ from ulm.nn.loss import network_loss  # noqa: E402
 from ulm.nn.network import ULMNet, n_parameters  # noqa: E402
 from ulm.nn.spec import NetSpec  # noqa: E402
 from ulm.sparse import keep_mask, normalise  # noqa: E402
-from ulm.store import atomic_path  # noqa: E402
+from ulm.store import atomic_path, save_figure, write_csv  # noqa: E402
 
 MB = 1e6
 PAPER_T, PAPER_S = 512, 32
@@ -406,23 +405,21 @@ def report(res: dict) -> None:
 COLUMNS = "dims variant model input c T S active_sites active_fraction eq1 peak_mb source in_fit dense_peak_mb ratio ratio_eq1"
 
 
-def write_csv(path: Path, points: list[dict]) -> None:
-    with open(path, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=COLUMNS.split(), extrasaction="ignore")
-        w.writeheader()
-        for p in points:
-            dense = f"{p['dense_peak'] / MB:.2f}" if p.get("dense_peak") else ""
-            w.writerow({**p, "peak_mb": f"{p['peak'] / MB:.2f}", "dense_peak_mb": dense})
+def write_points(path: Path, points: list[dict]) -> None:
+    """One CSV row per measured or predicted point (peaks in MB), written atomically."""
+    def mb(value: float | None) -> str:
+        return f"{value / MB:.2f}" if value else ""
+
+    rows = [{**p, "peak_mb": mb(p["peak"]), "dense_peak_mb": mb(p.get("dense_peak"))} for p in points]
+    write_csv(path, rows, fieldnames=COLUMNS.split(), extrasaction="ignore")
 
 
 def plot(path: Path, results: list[dict]) -> None:
     """Per dims: peak against E, the sparse fit, the dense fit and the Eq. 1 law (peak ∝ E through the dense paper point)."""
-    import matplotlib
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(results), figsize=(7.5 * len(results), 6), squeeze=False)
+    fig = Figure(figsize=(7.5 * len(results), 6))
+    axes = fig.subplots(1, len(results), squeeze=False)
     for ax, res in zip(axes[0], results, strict=True):
         d = res["dims"]
         for variant, colour in (("headline", "navy"), ("pruning", "tab:orange")):
@@ -445,8 +442,7 @@ def plot(path: Path, results: list[dict]) -> None:
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, dpi=120)
 
 
 def summary(results: list[dict], setup: dict) -> dict:
@@ -493,7 +489,7 @@ def main() -> None:
     if args.out:
         with atomic_path(args.out) as tmp:
             tmp.mkdir()
-            write_csv(tmp / "memory.csv", [p for res in results for p in res["points"]])
+            write_points(tmp / "memory.csv", [p for res in results for p in res["points"]])
             plot(tmp / "memory.png", results)
             (tmp / "memory.json").write_text(line + "\n")
         print(f"wrote {args.out}/memory.csv, memory.png, memory.json")

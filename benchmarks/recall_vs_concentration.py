@@ -22,16 +22,12 @@ reports the measured imaged MBs per frame (MBs enter and leave the slab, so it f
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import tempfile
 import time
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.figure import Figure
 
 from ulm.bubbles import simulate_tracks  # noqa: E402
 from ulm.config import derive_seed, load_config  # noqa: E402
@@ -40,9 +36,8 @@ from ulm.flow import solve_flow  # noqa: E402
 from ulm.forward.simulate import simulate_iq  # noqa: E402
 from ulm.imaging import in_slab  # noqa: E402
 from ulm.metrics import dice, localization_metrics  # noqa: E402
-from ulm.plots import _save  # noqa: E402
 from ulm.render import density_from_localizations, density_from_tracks  # noqa: E402
-from ulm.store import atomic_path  # noqa: E402
+from ulm.store import save_figure, write_csv  # noqa: E402
 from ulm.vascular import build_graph  # noqa: E402
 
 SOURCE = "bundled:mouse_20120409"
@@ -92,7 +87,8 @@ def run_one(graph, flow, concentration: int, n_volume: int, cfg: dict, work: Pat
 
 def plot(rows: list[dict], path: Path, title: str) -> None:
     """Recall, precision and Jaccard (and map Dice) vs concentration."""
-    fig, ax = plt.subplots(figsize=(6.5, 4.6))
+    fig = Figure(figsize=(6.5, 4.6))
+    ax = fig.subplots()
     c = [r["concentration"] for r in rows]
     for key, style in (("recall", "o-"), ("precision", "s-"), ("jaccard", "^--"), ("dice", "d:")):
         ax.plot(c, [r[key] for r in rows], style, label=key if key != "dice" else "Dice of the density map")
@@ -105,7 +101,7 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
     ax.grid(alpha=0.3)
     ax.legend(loc="lower left")
     ax.set_title(title, fontsize=9)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def main() -> None:
@@ -142,10 +138,7 @@ def main() -> None:
     for r in rows:
         print(f"{r['concentration']:13d} {r['mbs_in_volume']:12d} " + " ".join(f"{r[k]:12.3f}" for k in keys))
     args.out.mkdir(parents=True, exist_ok=True)
-    with atomic_path(args.out / "recall_vs_concentration.csv") as tmp, open(tmp, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(args.out / "recall_vs_concentration.csv", rows)
     title = f"Conventional ULM ({conv['localizer']}), {SOURCE}, 2D, {args.frames} frames"
     plot(rows, args.out / "recall_vs_concentration.png", title)
     print(f"wrote {args.out / 'recall_vs_concentration.csv'} and .png")

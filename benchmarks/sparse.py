@@ -40,9 +40,9 @@ from torch.utils.data import DataLoader, Dataset
 
 from ulm.bubbles import simulate_tracks
 from ulm.config import load_config
-from ulm.dataset import DenseBlocks, SparseBlocks, collate_sparse
 from ulm.flow import solve_flow
 from ulm.forward.simulate import simulate_iq
+from ulm.nn.data import DenseBlocks, SparseBlocks, collate_sparse
 from ulm.sparse import cut, make_tiling, normalise, sparsify_block, sparsify_iq, store_bytes
 from ulm.store import CooStore, read_iq
 from ulm.vascular import build_graph

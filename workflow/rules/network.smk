@@ -27,7 +27,7 @@ rule train:
         gpu=config["train"]["gpus"],
     params:
         ulm=ULM,
-        code=code("nn", "train.py", "plots.py"),
+        code=code("nn", "train.py", "plots.py", "imaging"),
         cfg=lambda w: set_args(settings("train", dims=w.dims, split="train")),
         ablation=lambda w: ABLATION[w.variant],
         stores=train_args,
