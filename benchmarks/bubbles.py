@@ -101,8 +101,17 @@ def main() -> None:
     print(f"{'flow solve, largest graph (s)':38s} {flow_s:14.4f}")
     print(f"{f'flow solve, synthetic {big.n_nodes} nodes (s)':38s} {flow_big_s:14.4f}")
     if args.json:
-        print(json.dumps({"steps_per_s": steps, "numpy_steps_per_s": np_steps, "speedup_vs_numpy": steps / np_steps,
-                          "flow_solve_s": flow_s, "flow_solve_30k_s": flow_big_s}))  # fmt: skip
+        print(
+            json.dumps(
+                {
+                    "steps_per_s": steps,
+                    "numpy_steps_per_s": np_steps,
+                    "speedup_vs_numpy": steps / np_steps,
+                    "flow_solve_s": flow_s,
+                    "flow_solve_30k_s": flow_big_s,
+                }
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -131,9 +131,16 @@ class PyMust:
         self.probe = probe
         pitch = float(np.diff(probe.elements_um[:, 0]).mean()) * 1e-6
         self.param = pymust_utils.Param(
-            fc=probe.f0_hz, bandwidth=100 * probe.bandwidth, Nelements=len(probe.elements_um), pitch=pitch,
-            width=probe.element_width_um * 1e-6, c=probe.c_m_s, fs=probe.fs_hz, fnumber=probe.f_number, radius=np.inf,
-        )  # fmt: skip
+            fc=probe.f0_hz,
+            bandwidth=100 * probe.bandwidth,
+            Nelements=len(probe.elements_um),
+            pitch=pitch,
+            width=probe.element_width_um * 1e-6,
+            c=probe.c_m_s,
+            fs=probe.fs_hz,
+            fnumber=probe.f_number,
+            radius=np.inf,
+        )
         self.delays = [pymust.txdelay(self.param.copy(), float(a)) for a in probe.angles_rad]
         # simus sizes its RF to the farthest scatterer: pad every frame to the FOV corners' length
         lo, hi = fov_points_xyz.min(0), fov_points_xyz.max(0)
@@ -238,8 +245,17 @@ def measure(args: argparse.Namespace) -> dict:
     r["fwhm_uniform_aperture_um"] = 0.886 * model.probe.wavelength_um * model.probe.f_number
     r["psf_3d_block_s"], shape_3d = psf_3d_block_s(cfg, args.scatterers, rng)
     r["grid_3d_shape"] = list(shape_3d)
-    keys = ("pymust_fps", "pymust_fps_serial", "pymust_fps_threads", "pymust_fps_incl_dasmtx", "pymust_dasmtx_s",
-            "rf_vs_pymust_speedup", "fwhm_pymust_um", "pymust_peak_offset_um", "fwhm_vs_pymust_ratio")  # fmt: skip
+    keys = (
+        "pymust_fps",
+        "pymust_fps_serial",
+        "pymust_fps_threads",
+        "pymust_fps_incl_dasmtx",
+        "pymust_dasmtx_s",
+        "rf_vs_pymust_speedup",
+        "fwhm_pymust_um",
+        "pymust_peak_offset_um",
+        "fwhm_vs_pymust_ratio",
+    )
     r.update(dict.fromkeys(keys))
     if pymust is None:
         return r
@@ -270,7 +286,7 @@ def print_table(r: dict) -> None:
         ("our RF lateral FWHM of |IQ|^2 (um)", r["fwhm_rf_um"], ".1f"),
         ("uniform line aperture 0.886 lambda F# (um)", r["fwhm_uniform_aperture_um"], ".1f"),
         (f"3D PSF block {block} (s)", r["psf_3d_block_s"], ".3f"),
-    ]  # fmt: skip
+    ]
     if r["pymust_fps"] is None:
         print("pymust is not importable (pip install -e .[bench]): PyMUST rows skipped")
     else:

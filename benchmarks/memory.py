@@ -91,15 +91,39 @@ VARIANTS = {"headline": {}, "pruning": {"prune": True}}
 BYTES_PER_E = 13  # to check the budget: peak bytes per site x channel (measured 9-12.5)
 BUDGET = {"full": 15e9, "quick": 1.5e9}
 GRID = {  # dense (T, S) fitted and held out; sparse fit blocks (T, S), concentrations, inputs
-    "full": {2: {"dense": [(128, 8), (256, 8), (512, 8), (128, 16), (256, 16), (512, 16)], "held_out": (512, 32),
-                 "sparse_fit": [(128, 32), (256, 32)], "conc": (1, 10, 30), "inputs": ("threshold", "topk")},
-             3: {"dense": [(128, 4), (256, 4), (128, 8), (256, 8), (128, 12)], "held_out": (128, 16),
-                 "sparse_fit": [(128, 16), (256, 16)], "conc": (1, 10, 30), "inputs": ("threshold", "topk")}},
-    "quick": {2: {"dense": [(128, 8), (256, 8), (128, 16), (512, 16)], "held_out": (512, 32),
-                  "sparse_fit": [(128, 32)], "conc": (10, 30), "inputs": ("threshold", "topk")},
-              3: {"dense": [(128, 4), (256, 4), (128, 8)], "held_out": (256, 8),
-                  "sparse_fit": [(128, 8), (128, 16), (256, 16)], "conc": (30,), "inputs": ("threshold",)}},
-}  # fmt: skip
+    "full": {
+        2: {
+            "dense": [(128, 8), (256, 8), (512, 8), (128, 16), (256, 16), (512, 16)],
+            "held_out": (512, 32),
+            "sparse_fit": [(128, 32), (256, 32)],
+            "conc": (1, 10, 30),
+            "inputs": ("threshold", "topk"),
+        },
+        3: {
+            "dense": [(128, 4), (256, 4), (128, 8), (256, 8), (128, 12)],
+            "held_out": (128, 16),
+            "sparse_fit": [(128, 16), (256, 16)],
+            "conc": (1, 10, 30),
+            "inputs": ("threshold", "topk"),
+        },
+    },
+    "quick": {
+        2: {
+            "dense": [(128, 8), (256, 8), (128, 16), (512, 16)],
+            "held_out": (512, 32),
+            "sparse_fit": [(128, 32)],
+            "conc": (10, 30),
+            "inputs": ("threshold", "topk"),
+        },
+        3: {
+            "dense": [(128, 4), (256, 4), (128, 8)],
+            "held_out": (256, 8),
+            "sparse_fit": [(128, 8), (128, 16), (256, 16)],
+            "conc": (30,),
+            "inputs": ("threshold",),
+        },
+    },
+}
 
 
 def log(msg: str) -> None:
@@ -175,9 +199,16 @@ def make_block(dims: int, c: int, method: str, T: int = PAPER_T, S: int = PAPER_
     coords, values = np.argwhere(mask), iq[mask] / scale
     fine = np.unique(np.floor(pos.reshape(-1, dims) * 8).astype(np.int64), axis=0)
     zero = np.zeros((1, 1), np.int64)
-    return Block(dims, T, S, c, method, torch.from_numpy(np.hstack([zero.repeat(len(coords), 0), coords]).astype(np.int32)),
-                 torch.from_numpy(np.column_stack([values.real, values.imag]).astype(np.float32)),
-                 torch.from_numpy(np.hstack([zero.repeat(len(fine), 0), fine])))  # fmt: skip
+    return Block(
+        dims,
+        T,
+        S,
+        c,
+        method,
+        torch.from_numpy(np.hstack([zero.repeat(len(coords), 0), coords]).astype(np.int32)),
+        torch.from_numpy(np.column_stack([values.real, values.imag]).astype(np.float32)),
+        torch.from_numpy(np.hstack([zero.repeat(len(fine), 0), fine])),
+    )
 
 
 # ----------------------------------------------------------------------------- sites x channels (Equation 1)
@@ -188,8 +219,11 @@ class SiteCounter:
 
     def __init__(self, net: torch.nn.Module):
         self.records: list[tuple[str, int, tuple[int, ...], int]] = []
-        self.handles = [m.register_forward_hook(self.hook(name.split(".")[0] + (name.split(".")[1] if name[:3] == "hr." else "")))
-                        for name, m in net.named_modules() if isinstance(m, Conv | Pointwise | Norm | Transposed)]  # fmt: skip
+        self.handles = [
+            m.register_forward_hook(self.hook(name.split(".")[0] + (name.split(".")[1] if name[:3] == "hr." else "")))
+            for name, m in net.named_modules()
+            if isinstance(m, Conv | Pointwise | Norm | Transposed)
+        ]
 
     def hook(self, stage: str):
         def record(module, inputs, out) -> None:
@@ -280,8 +314,10 @@ def measure(kind: str, variant: str, block: Block, optimizer: bool = False) -> d
     seconds = time.perf_counter() - t0
     del step, net, tensors
     gc.collect()
-    log(f"  {kind:6s} {variant:8s} {block.dims}D {block.T}x{block.S:<2d} {block.method:9s} c={block.c:2d}: "
-        f"{len(block.indices):7d} sites ({block.fraction:.4f}), {peak / MB:8.1f} MB, {seconds:5.1f} s")  # fmt: skip
+    log(
+        f"  {kind:6s} {variant:8s} {block.dims}D {block.T}x{block.S:<2d} {block.method:9s} c={block.c:2d}: "
+        f"{len(block.indices):7d} sites ({block.fraction:.4f}), {peak / MB:8.1f} MB, {seconds:5.1f} s"
+    )
     e, e_dense = counter.eq1()
     stages = {stage: n for stage, n, _, _ in counter.records}  # sites at the last layer of each stage
     return {"peak": peak, "held": held, "seconds": seconds, "eq1": e, "eq1_dense": e_dense, "stages": stages}
@@ -314,14 +350,34 @@ def dense_study(dims: int, grid: dict, optimizer: bool, points: list) -> dict:
         for T, S in [*grid["dense"], held_out]:
             m = measure("dense", variant, make_block(dims, 10, "threshold", T, S), optimizer)
             peaks[T, S] = m["peak"]
-            points.append(dict(dims=dims, variant=variant, model="dense", input="dense", T=T, S=S, active_sites=T * S**dims,
-                               active_fraction=1.0, eq1=m["eq1_dense"], peak=m["peak"], source="measured",
-                               in_fit=held_out != (T, S)))  # fmt: skip
+            points.append(
+                dict(
+                    dims=dims,
+                    variant=variant,
+                    model="dense",
+                    input="dense",
+                    T=T,
+                    S=S,
+                    active_sites=T * S**dims,
+                    active_fraction=1.0,
+                    eq1=m["eq1_dense"],
+                    peak=m["peak"],
+                    source="measured",
+                    in_fit=held_out != (T, S),
+                )
+            )
         coef = dense_fit(dims, {k: v for k, v in peaks.items() if k != held_out})
         fit, predicted = float(dense_predict(dims, coef, PAPER_T, PAPER_S)), float(dense_predict(dims, coef, *held_out))
-        out[variant] = dict(coef=list(coef), held_out=held_out, held_out_measured=peaks[held_out], held_out_predicted=predicted,
-                            held_out_error=predicted / peaks[held_out] - 1, paper_fit=fit,
-                            paper_measured=peaks.get((PAPER_T, PAPER_S)), paper=peaks.get((PAPER_T, PAPER_S), fit))  # fmt: skip
+        out[variant] = dict(
+            coef=list(coef),
+            held_out=held_out,
+            held_out_measured=peaks[held_out],
+            held_out_predicted=predicted,
+            held_out_error=predicted / peaks[held_out] - 1,
+            paper_fit=fit,
+            paper_measured=peaks.get((PAPER_T, PAPER_S)),
+            paper=peaks.get((PAPER_T, PAPER_S), fit),
+        )
     return out
 
 
@@ -334,8 +390,17 @@ def sparse_study(dims: int, grid: dict, budget: float, optimizer: bool, points: 
                 block = make_block(dims, c, method, T, S)
                 head = eq1_headline(block, layers)
                 for variant in VARIANTS:
-                    row = dict(dims=dims, variant=variant, model="sparse", input=method, c=c, T=T, S=S,
-                               active_sites=len(block.indices), active_fraction=block.fraction)  # fmt: skip
+                    row = dict(
+                        dims=dims,
+                        variant=variant,
+                        model="sparse",
+                        input=method,
+                        c=c,
+                        T=T,
+                        S=S,
+                        active_sites=len(block.indices),
+                        active_fraction=block.fraction,
+                    )
                     e = head if variant == "headline" or BYTES_PER_E * head[0] <= budget else forward_count(variant, block).eq1()
                     if BYTES_PER_E * e[0] <= budget:
                         m = measure("sparse", variant, block, optimizer)
@@ -385,21 +450,29 @@ def report(res: dict) -> None:
     for r in res["paper"]:
         sparse = f"{r['peak'] / MB:6.0f}{' fit' if r['source'] == 'fit' else '':4s}"
         dense = f"{r['dense_peak'] / MB:6.0f}{'' if res['dense'][r['variant']]['paper_measured'] else ' fit':4s}"
-        print(f"{r['variant']:9s} {r['input']:9s} {r['c']:3d} {r['active_fraction']:8.5f} {sparse} {dense} "
-              f"{r['ratio']:6.2f} {r['ratio_eq1']:6.2f}")  # fmt: skip
+        print(
+            f"{r['variant']:9s} {r['input']:9s} {r['c']:3d} {r['active_fraction']:8.5f} {sparse} {dense} "
+            f"{r['ratio']:6.2f} {r['ratio_eq1']:6.2f}"
+        )
     for variant, f in res["dense"].items():
         (T, S), (a, b, g) = f["held_out"], f["coef"]
-        print(f"dense fit, {variant}: {a / MB:.1f} MB + {b:.0f} B x V + {g:.0f} B x G; held out {T} x {S}^{d}: predicted "
-              f"{f['held_out_predicted'] / MB:.0f} MB, measured {f['held_out_measured'] / MB:.0f} MB "
-              f"({f['held_out_error']:+.1%})")  # fmt: skip
+        print(
+            f"dense fit, {variant}: {a / MB:.1f} MB + {b:.0f} B x V + {g:.0f} B x G; held out {T} x {S}^{d}: predicted "
+            f"{f['held_out_predicted'] / MB:.0f} MB, measured {f['held_out_measured'] / MB:.0f} MB "
+            f"({f['held_out_error']:+.1%})"
+        )
     for variant, s in res["sparse"].items():
         errors = ", ".join(f"{e:+.1%}" for e in s["check_errors"]) or "none measured"
-        print(f"sparse fit, {variant}: {s['a'] / MB:.1f} MB + {s['k_per_site_channel']:.2f} B x E over {s['n_fit']} blocks; "
-              f"paper-size blocks, predicted / measured - 1: {errors}")  # fmt: skip
+        print(
+            f"sparse fit, {variant}: {s['a'] / MB:.1f} MB + {s['k_per_site_channel']:.2f} B x E over {s['n_fit']} blocks; "
+            f"paper-size blocks, predicted / measured - 1: {errors}"
+        )
     for variant in VARIANTS:
         r = headline_row(res, variant)
-        print(f"headline {variant}: dense / sparse {r['ratio']:.2f} (Eq. 1: {r['ratio_eq1']:.2f}), target >= {TARGET[d]:g} "
-              f"{'met' if r['ratio'] >= TARGET[d] else 'MISSED'}; sites per stage {r.get('stages', '(not run)')}")  # fmt: skip
+        print(
+            f"headline {variant}: dense / sparse {r['ratio']:.2f} (Eq. 1: {r['ratio_eq1']:.2f}), target >= {TARGET[d]:g} "
+            f"{'met' if r['ratio'] >= TARGET[d] else 'MISSED'}; sites per stage {r.get('stages', '(not run)')}"
+        )
 
 
 COLUMNS = "dims variant model input c T S active_sites active_fraction eq1 peak_mb source in_fit dense_peak_mb ratio ratio_eq1"
@@ -407,6 +480,7 @@ COLUMNS = "dims variant model input c T S active_sites active_fraction eq1 peak_
 
 def write_points(path: Path, points: list[dict]) -> None:
     """One CSV row per measured or predicted point (peaks in MB), written atomically."""
+
     def mb(value: float | None) -> str:
         return f"{value / MB:.2f}" if value else ""
 
@@ -436,9 +510,13 @@ def plot(path: Path, results: list[dict]) -> None:
             ax.plot([x for x, _, _ in dense], ey, "-", color=colour, alpha=0.4, label=f"{variant}: dense fit a + bV + gG")
             s, e = res["sparse"][variant], e[: np.searchsorted(e, 2 * max(p["eq1"] for p in pts if p["model"] == "sparse"))]
             ax.plot(e, (s["a"] + s["k_per_site_channel"] * e) / MB, "--", color=colour, label=f"{variant}: sparse fit a + kE")
-        ax.set(xscale="log", yscale="log", xlabel="E: active sites x channels summed over the layers (Eq. 1)",
-               ylabel="peak memory of one training step (MB)",
-               title=f"{d}D+t: squares dense, circles sparse (hollow: predicted), ★ dense, {PAPER_T}×{PAPER_S}^{d}")  # fmt: skip
+        ax.set(
+            xscale="log",
+            yscale="log",
+            xlabel="E: active sites x channels summed over the layers (Eq. 1)",
+            ylabel="peak memory of one training step (MB)",
+            title=f"{d}D+t: squares dense, circles sparse (hollow: predicted), ★ dense, {PAPER_T}×{PAPER_S}^{d}",
+        )
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
@@ -451,9 +529,16 @@ def summary(results: list[dict], setup: dict) -> dict:
         d = res["dims"]
         for variant, key in (("headline", f"{d}d"), ("pruning", f"{d}d_pruned")):
             r, f = headline_row(res, variant), res["dense"][variant]
-            out.update({f"ratio_{key}": r["ratio"], f"ratio_eq1_{key}": r["ratio_eq1"], f"sparse_mb_{key}": r["peak"] / MB,
-                        f"sparse_source_{key}": r["source"], f"dense_mb_{key}": f["paper"] / MB,
-                        f"dense_source_{key}": "measured" if f["paper_measured"] else "fit"})  # fmt: skip
+            out.update(
+                {
+                    f"ratio_{key}": r["ratio"],
+                    f"ratio_eq1_{key}": r["ratio_eq1"],
+                    f"sparse_mb_{key}": r["peak"] / MB,
+                    f"sparse_source_{key}": r["source"],
+                    f"dense_mb_{key}": f["paper"] / MB,
+                    f"dense_source_{key}": "measured" if f["paper_measured"] else "fit",
+                }
+            )
         out[f"params_{d}d"] = n_parameters(ULMNet(NetSpec(dims=d)))
         out[f"fit_{d}d"] = {"dense": res["dense"], "sparse": res["sparse"]}
     return {**out, "rows": [p for res in results for p in res["points"]], **setup}
@@ -475,16 +560,24 @@ def main() -> None:
     if args.kernel is not None:
         log(f"--kernel {args.kernel}: ignored (the network's kernels are fixed by its architecture)")
     mode, t0, results = "quick" if args.quick else "full", time.perf_counter(), []
-    print(f"CPU, {torch.get_num_threads()} threads, batch 1, width 16, {mode} run, "
-          f"optimizer {'Adam' if args.optimizer else 'none'}; peak = held + torch.profiler allocator events")  # fmt: skip
+    print(
+        f"CPU, {torch.get_num_threads()} threads, batch 1, width 16, {mode} run, "
+        f"optimizer {'Adam' if args.optimizer else 'none'}; peak = held + torch.profiler allocator events"
+    )
     for dims in args.dims:
         log(f"{dims}D+t")
         results.append(study(dims, mode, args.optimizer))
         report(results[-1])
     seconds = time.perf_counter() - t0
     print(f"total {seconds:.0f} s")
-    setup = dict(mode=mode, threads=torch.get_num_threads(), optimizer=args.optimizer, seconds=seconds,
-                 budget_mb=BUDGET[mode] / MB, headline={f"{d}d": HEADLINE[d] for d in args.dims})  # fmt: skip
+    setup = dict(
+        mode=mode,
+        threads=torch.get_num_threads(),
+        optimizer=args.optimizer,
+        seconds=seconds,
+        budget_mb=BUDGET[mode] / MB,
+        headline={f"{d}d": HEADLINE[d] for d in args.dims},
+    )
     line = json.dumps(summary(results, setup), default=float)
     if args.out:
         with atomic_path(args.out) as tmp:

@@ -191,8 +191,10 @@ def main() -> None:
             assert mine == counts, f"{preset}: grid {mine} != snakemake -n {counts}"
         job_h = sum(r["job_h"] for r in rows)
         top = max(rows, key=lambda r: r["peak_mb"])
-        print(f"| {preset} | {sum(r['jobs'] for r in rows)} | {_hours(job_h)} | {_hours(job_h / args.slots)} "
-              f"| {top['peak_mb'] / 1000:.1f} GB ({top['rule']}) |")  # fmt: skip
+        print(
+            f"| {preset} | {sum(r['jobs'] for r in rows)} | {_hours(job_h)} | {_hours(job_h / args.slots)} "
+            f"| {top['peak_mb'] / 1000:.1f} GB ({top['rule']}) |"
+        )
         share = sorted(rows, key=lambda r: -r["job_h"])[:3]
         largest = ", ".join(f"{r['rule']} {r['job_h'] / job_h:.0%}" for r in share)
         print(f"|  | | {largest} | | |")

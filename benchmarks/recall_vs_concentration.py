@@ -46,8 +46,13 @@ SOURCE = "bundled:mouse_20120409"
 def imaged_fraction(graph, flow, cfg: dict, n_bubbles: int = 200, n_frames: int = 1024) -> float:
     """Fraction of the MBs in the volume that the 2D plane images (its slab around the volume's centre
     y), from a pilot ground-truth run of ``n_bubbles`` MBs."""
-    pilot = simulate_tracks(graph, flow, dict(cfg["bubbles"], concentration=n_bubbles, n_frames=n_frames),
-                            derive_seed(cfg["seed"], "pilot"), progress=False)  # fmt: skip
+    pilot = simulate_tracks(
+        graph,
+        flow,
+        dict(cfg["bubbles"], concentration=n_bubbles, n_frames=n_frames),
+        derive_seed(cfg["seed"], "pilot"),
+        progress=False,
+    )
     plane_y = graph.pos_um[:, 1].min() / 2 + graph.pos_um[:, 1].max() / 2
     return float(in_slab(pilot.pos_um, plane_y, cfg["forward"]["slab_um"]).mean())
 
@@ -93,8 +98,13 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
     for key, style in (("recall", "o-"), ("precision", "s-"), ("jaccard", "^--"), ("dice", "d:")):
         ax.plot(c, [r[key] for r in rows], style, label=key if key != "dice" else "Dice of the density map")
     for r in rows:
-        ax.annotate(f"{r['imaged_per_frame']:.1f}/frame", (r["concentration"], r["recall"]), fontsize=7,
-                    xytext=(4, 6), textcoords="offset points")  # fmt: skip
+        ax.annotate(
+            f"{r['imaged_per_frame']:.1f}/frame",
+            (r["concentration"], r["recall"]),
+            fontsize=7,
+            xytext=(4, 6),
+            textcoords="offset points",
+        )
     ax.set_xlabel("MB concentration (configured MBs per frame; label: measured imaged MBs per frame)")
     ax.set_ylabel("score")
     ax.set_ylim(0, 1.05)
@@ -111,8 +121,14 @@ def main() -> None:
     per = "concentration = MBs per frame in the 2D image (volume count scaled by a pilot run) or in the volume"
     parser.add_argument("--per", choices=("image", "volume"), default="image", help=per)
     parser.add_argument("--localizer", default=None, help="conventional.localizer (default: the config default)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                        help="override one config value, e.g. conventional.threshold=0.1")  # fmt: skip
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override one config value, e.g. conventional.threshold=0.1",
+    )
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "out")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
@@ -128,9 +144,11 @@ def main() -> None:
         rows = [run_one(graph, flow, c, max(1, round(c / fraction)), cfg, Path(tmp)) for c in args.concentrations]
     total = time.perf_counter() - start
     conv = cfg["conventional"]
-    print(f"{SOURCE}, 2D {cfg['forward']['mode']} mode, {cfg['forward']['snr_db']} dB, {args.frames} frames, "
-          f"localizer {conv['localizer']}, threshold {conv['threshold']} ({conv['threshold_mode']}), "
-          f"tolerance lambda/4; {total:.0f} s")  # fmt: skip
+    print(
+        f"{SOURCE}, 2D {cfg['forward']['mode']} mode, {cfg['forward']['snr_db']} dB, {args.frames} frames, "
+        f"localizer {conv['localizer']}, threshold {conv['threshold']} ({conv['threshold_mode']}), "
+        f"tolerance lambda/4; {total:.0f} s"
+    )
     print(f"concentration = MBs per frame in the {args.per}; imaged fraction of the volume's MBs (pilot) {fraction:.3f}")
     columns = ("concentration", "MBs/volume", "imaged/frame", "precision", "recall", "jaccard", "RMSE um", "RMSE lam", "Dice")
     print(f"{columns[0]:>13s} " + " ".join(f"{c:>12s}" for c in columns[1:]))

@@ -135,9 +135,17 @@ def measure(args: argparse.Namespace) -> dict:
         iq_shape = read_iq(iq).iq.shape
         tiling = make_tiling(iq_shape, scfg)
         converted = len(tiling.time_blocks()) * tiling.block_shape[0]  # trailing frames are dropped
-        r |= {"iq_shape": list(iq_shape), "block_shape": list(tiling.block_shape), "blocks": len(tiling),
-              "frames_converted": converted, "tau": scfg["tau"], "topk_k": scfg["topk_k"],
-              "workers": scfg["workers"], "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads()}  # fmt: skip
+        r |= {
+            "iq_shape": list(iq_shape),
+            "block_shape": list(tiling.block_shape),
+            "blocks": len(tiling),
+            "frames_converted": converted,
+            "tau": scfg["tau"],
+            "topk_k": scfg["topk_k"],
+            "workers": scfg["workers"],
+            "cpus": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+        }
         r["iq_bytes"] = store_bytes(iq)
         r["dense_frames_per_s"] = converted / best_of(lambda: dense_conversion(iq, scfg), args.repeats)
         r["select_frames_per_s"] = converted / best_of(lambda: dense_conversion(iq, scfg, select=True), args.repeats)

@@ -35,8 +35,15 @@ from report_table import print_rows  # benchmarks/report_table.py, beside this s
 
 from ulm.store import COMPRESSOR, IqWriter, _chunk_digests, read_iq, store_digest
 
-ATTRS = {"origin_um": [0.0, 0.0], "spacing_um": [50.0, 50.0], "f0_hz": 15.6e6, "wavelength_um": 98.6,
-         "frame_rate_hz": 1000.0, "probe": "bench", "mode": "psf"}  # fmt: skip
+ATTRS = {
+    "origin_um": [0.0, 0.0],
+    "spacing_um": [50.0, 50.0],
+    "f0_hz": 15.6e6,
+    "wavelength_um": 98.6,
+    "frame_rate_hz": 1000.0,
+    "probe": "bench",
+    "mode": "psf",
+}
 BLOCK = 128
 
 
@@ -85,18 +92,28 @@ def main() -> None:
         t_digest = best_of(args.repeat * 10, lambda: store_digest(root / "iq.zarr"))
         t_recompute = best_of(args.repeat, lambda: _chunk_digests(root / "iq.zarr"))
     out = {
-        "frames": args.frames, "side": args.side, "mbytes": round(data.nbytes / 1e6, 1),
-        "write_s": round(t_sealed, 4), "plain_write_s": round(t_plain, 4), "write_vs_plain": round(t_sealed / t_plain, 3),
-        "open_s": round(t_open, 5), "plain_open_s": round(t_open_plain, 5), "open_vs_plain": round(t_open / t_open_plain, 2),
-        "digest_s": round(t_digest, 5), "full_read_s": round(t_full, 4), "digest_vs_full_read": round(t_digest / t_full, 4),
+        "frames": args.frames,
+        "side": args.side,
+        "mbytes": round(data.nbytes / 1e6, 1),
+        "write_s": round(t_sealed, 4),
+        "plain_write_s": round(t_plain, 4),
+        "write_vs_plain": round(t_sealed / t_plain, 3),
+        "open_s": round(t_open, 5),
+        "plain_open_s": round(t_open_plain, 5),
+        "open_vs_plain": round(t_open / t_open_plain, 2),
+        "digest_s": round(t_digest, 5),
+        "full_read_s": round(t_full, 4),
+        "digest_vs_full_read": round(t_digest / t_full, 4),
         "recompute_vs_full_read": round(t_recompute / t_full, 3),
-    }  # fmt: skip
-    print_rows([
-        ("write with seal / plain write", out["write_vs_plain"], ".3f"),
-        ("open with manifest check / plain open", out["open_vs_plain"], ".2f"),
-        ("recorded digest / full read", out["digest_vs_full_read"], ".4f"),
-        ("recomputed digest / full read", out["recompute_vs_full_read"], ".3f"),
-    ])  # fmt: skip
+    }
+    print_rows(
+        [
+            ("write with seal / plain write", out["write_vs_plain"], ".3f"),
+            ("open with manifest check / plain open", out["open_vs_plain"], ".2f"),
+            ("recorded digest / full read", out["digest_vs_full_read"], ".4f"),
+            ("recomputed digest / full read", out["recompute_vs_full_read"], ".3f"),
+        ]
+    )
     if args.json:
         print(json.dumps(out))
 

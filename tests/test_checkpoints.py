@@ -47,8 +47,11 @@ def test_ulm_infer_refuses_a_crafted_checkpoint(nn_stores, crafted, tmp_path):
     path, marker = crafted
     root = nn_stores[0]
     out = tmp_path / "pred.zarr"
-    run = subprocess.run([sys.executable, "-m", "ulm", "infer", "--quiet", str(path), str(root / "sparse.zarr"), str(out)],
-                         capture_output=True, text=True)
+    run = subprocess.run(
+        [sys.executable, "-m", "ulm", "infer", "--quiet", str(path), str(root / "sparse.zarr"), str(out)],
+        capture_output=True,
+        text=True,
+    )
     assert run.returncode == 2, run.stderr
     assert run.stderr.strip().count("\n") == 0 and f"checkpoint {path}" in run.stderr, run.stderr
     assert not marker.exists() and not out.exists()

@@ -69,8 +69,10 @@ def test_each_localizer_is_within_a_tenth_of_a_wavelength(noisy_frames, localize
     scores = match_localizations(true_frame, true_pos, frame, est, lam / 2)
     dims = block.ndim - 1
     rmse = scores["rmse_um"]
-    print(f"{dims}D {localizer:18s} RMSE {rmse:5.2f} um = lambda / {lam / rmse:4.1f} ({rmse / lam:.3f} lambda), "
-          f"precision {scores['precision']:.3f}, recall {scores['recall']:.3f}")  # fmt: skip
+    print(
+        f"{dims}D {localizer:18s} RMSE {rmse:5.2f} um = lambda / {lam / rmse:4.1f} ({rmse / lam:.3f} lambda), "
+        f"precision {scores['precision']:.3f}, recall {scores['recall']:.3f}"
+    )
     assert scores["recall"] == 1.0 and scores["precision"] == 1.0
     assert rmse < lam / 10
 
@@ -191,8 +193,10 @@ def test_localize_iq_writes_a_valid_localizations_store(tmp_path, dims):
         assert np.all(loc.pos_um[:, 1] == np.float32(loc.attrs["plane_y_um"]))
     scores = localization_metrics(tmp_path / "tracks.zarr", out)
     lam = loc.attrs["wavelength_um"]
-    print(f"{dims}D stage: {summary}, precision {scores['precision']:.3f}, recall {scores['recall']:.3f}, "
-          f"RMSE {scores['rmse_um']:.2f} um = lambda / {lam / scores['rmse_um']:.1f}")  # fmt: skip
+    print(
+        f"{dims}D stage: {summary}, precision {scores['precision']:.3f}, recall {scores['recall']:.3f}, "
+        f"RMSE {scores['rmse_um']:.2f} um = lambda / {lam / scores['rmse_um']:.1f}"
+    )
     assert scores["precision"] == 1.0 and scores["recall"] == 1.0 and scores["rmse_um"] < lam / 10
     if CHECK_STORES.exists():
         result = subprocess.run([sys.executable, str(CHECK_STORES), str(out)], capture_output=True, text=True)

@@ -41,10 +41,12 @@ def one_line_error(result: subprocess.CompletedProcess, *words: str) -> str:
 def chain(tmp_path_factory) -> Path:
     """graph, flow, tracks and 2D IQ stores of a small synthetic network, made by the CLI."""
     root = tmp_path_factory.mktemp("corrupt")
-    steps = [("graph", *SMALL, "synthetic", root / "graph.zarr"),
-             ("flow", root / "graph.zarr", root / "flow.zarr"),
-             ("bubbles", "--quiet", *FORWARD, root / "graph.zarr", root / "flow.zarr", root / "tracks.zarr"),
-             ("forward", "--quiet", *FORWARD, "--dims", "2", root / "tracks.zarr", root / "iq.zarr")]  # fmt: skip
+    steps = [
+        ("graph", *SMALL, "synthetic", root / "graph.zarr"),
+        ("flow", root / "graph.zarr", root / "flow.zarr"),
+        ("bubbles", "--quiet", *FORWARD, root / "graph.zarr", root / "flow.zarr", root / "tracks.zarr"),
+        ("forward", "--quiet", *FORWARD, "--dims", "2", root / "tracks.zarr", root / "iq.zarr"),
+    ]
     for step in steps:
         result = ulm(*step)
         assert result.returncode == 0, result.stderr

@@ -194,8 +194,13 @@ def _graphml(path: Path, node: int, key: str, value) -> Path:
 
 
 def _mat(path: Path, **changes) -> Path:
-    im2 = {"nodePos_um": np.array([[0.0, 0, 0], [10, 0, 0], [20, 0, 5]]), "nodeDiam": np.full(3, 5.0),
-           "nodeEdges": np.array([[1, 2], [2, 3]]), "edgeSegN": np.array([1, 2]), "segDiam": np.array([5.0, 4.0])}  # fmt: skip
+    im2 = {
+        "nodePos_um": np.array([[0.0, 0, 0], [10, 0, 0], [20, 0, 5]]),
+        "nodeDiam": np.full(3, 5.0),
+        "nodeEdges": np.array([[1, 2], [2, 3]]),
+        "edgeSegN": np.array([1, 2]),
+        "segDiam": np.array([5.0, 4.0]),
+    }
     scipy.io.savemat(path, {"im2": {**im2, **changes}})
     return path
 
@@ -211,12 +216,24 @@ def _mat(path: Path, **changes) -> Path:
         (lambda p: _graphml(p / "g.graphml", 1, "diameter", -3.0), ["g.graphml", "node 1 diameter is -3.0"]),
         (lambda p: _graphml(p / "g.graphml", 3, "y", float("inf")), ["g.graphml", "node 3 position is not finite"]),
         (lambda p: _mat(p / "g.mat", segDiam=np.array([5.0, np.nan])), ["g.mat", "edge 1 diameter is nan"]),
-        (lambda p: _mat(p / "g.mat", nodePos_um=np.array([[0.0, 0, 0], [10, np.nan, 0], [20, 0, 5]])),
-         ["g.mat", "node 1 position is not finite"]),  # fmt: skip
+        (
+            lambda p: _mat(p / "g.mat", nodePos_um=np.array([[0.0, 0, 0], [10, np.nan, 0], [20, 0, 5]])),
+            ["g.mat", "node 1 position is not finite"],
+        ),
         (lambda p: _mat(p / "g.mat", nodeEdges=np.array([[1, 2], [2, 7]])), ["g.mat", "outside 1..3"]),
     ],
-    ids=["swc-nan-pos", "swc-inf-pos", "swc-zero-radius", "swc-nan-radius", "graphml-nan-diam", "graphml-negative-diam",
-         "graphml-inf-pos", "mat-nan-segdiam", "mat-nan-pos", "mat-edge-out-of-range"],  # fmt: skip
+    ids=[
+        "swc-nan-pos",
+        "swc-inf-pos",
+        "swc-zero-radius",
+        "swc-nan-radius",
+        "graphml-nan-diam",
+        "graphml-negative-diam",
+        "graphml-inf-pos",
+        "mat-nan-segdiam",
+        "mat-nan-pos",
+        "mat-edge-out-of-range",
+    ],
 )
 def test_bad_graph_file_is_named(request, tmp_path, chain, make, needles):
     source = make(tmp_path)
@@ -237,8 +254,16 @@ def test_bad_graph_file_is_named(request, tmp_path, chain, make, needles):
         (lambda g: replace(g, "edges/diam_um", np.full(7, 5.0)), ["edges but (7,) edge diameters"]),
         (lambda g: replace(g, "nodes/diam_um", np.full(7, 5.0)), ["node diameters must be"]),
     ],
-    ids=["nan-node-diam", "negative-edge-diam", "zero-edge-diams", "nan-pos", "edge-too-high", "edge-negative",
-         "edge-diam-length", "node-diam-length"],  # fmt: skip
+    ids=[
+        "nan-node-diam",
+        "negative-edge-diam",
+        "zero-edge-diams",
+        "nan-pos",
+        "edge-too-high",
+        "edge-negative",
+        "edge-diam-length",
+        "node-diam-length",
+    ],
 )
 def test_bad_graph_store_is_named(request, tmp_path, chain, hurt, needles):
     graph = copy(chain["graph"], tmp_path)
@@ -284,14 +309,29 @@ def nan_tracks(tmp_path, chain) -> Path:
 
 def test_forward_on_tracks_with_nan_positions_names_the_frame(tmp_path, chain, nan_tracks):
     out = copy(chain["iq"], tmp_path)
-    fails("forward", "--set", "forward.block_frames=16", nan_tracks, out, output=out,
-          names=[f"tracks store {nan_tracks}", "frame 20 holds non-finite positions"])  # fmt: skip
+    fails(
+        "forward",
+        "--set",
+        "forward.block_frames=16",
+        nan_tracks,
+        out,
+        output=out,
+        names=[f"tracks store {nan_tracks}", "frame 20 holds non-finite positions"],
+    )
 
 
 def test_targets_on_tracks_with_nan_positions_names_the_frame(tmp_path, chain, nan_tracks):
     out = copy(chain["target"], tmp_path)
-    fails("targets", *BLOCKS, nan_tracks, chain["iq"], out, output=out,
-          names=[f"tracks store {nan_tracks}", "frame 20 holds non-finite positions"], fresh=False)  # fmt: skip
+    fails(
+        "targets",
+        *BLOCKS,
+        nan_tracks,
+        chain["iq"],
+        out,
+        output=out,
+        names=[f"tracks store {nan_tracks}", "frame 20 holds non-finite positions"],
+        fresh=False,
+    )
 
 
 # --------------------------------------------------------------------------------------------- iq store
@@ -311,8 +351,16 @@ def test_sparsify_on_iq_with_non_finite_pixels_names_the_frames(tmp_path, chain,
 
 def test_conventional_on_iq_with_non_finite_pixels_names_the_frames(tmp_path, chain, nan_iq):
     out = copy(chain["loc"], tmp_path)
-    fails("conventional", "--set", "conventional.block_frames=16", nan_iq, out, output=out,
-          names=[f"iq store {nan_iq}", "frames 20..22 hold non-finite values"], fresh=False)  # fmt: skip
+    fails(
+        "conventional",
+        "--set",
+        "conventional.block_frames=16",
+        nan_iq,
+        out,
+        output=out,
+        names=[f"iq store {nan_iq}", "frames 20..22 hold non-finite values"],
+        fresh=False,
+    )
 
 
 # -------------------------------------------------------------------------------------------- COO stores
@@ -320,16 +368,35 @@ def test_sparse_store_with_sites_outside_its_blocks_is_named(tmp_path, chain):
     sparse = copy(chain["sparse"], tmp_path)
     damage(sparse, "coords", (0, 1), 99)
     out = tmp_path / "density"
-    fails("render", *BLOCKS, "--input", sparse, chain["tracks"], chain["iq"], out, output=out,
-          names=[f"sparse store {sparse}", "block 0", "1 sites outside its block_shape [16, 4, 4]"])  # fmt: skip
+    fails(
+        "render",
+        *BLOCKS,
+        "--input",
+        sparse,
+        chain["tracks"],
+        chain["iq"],
+        out,
+        output=out,
+        names=[f"sparse store {sparse}", "block 0", "1 sites outside its block_shape [16, 4, 4]"],
+    )
 
 
 def test_sparse_store_with_nan_feats_is_named(tmp_path, chain):
     sparse = copy(chain["sparse"], tmp_path)
     damage(sparse, "feats", (1, 0), np.nan)
     out = tmp_path / "density"
-    fails("render", *BLOCKS, "--input", sparse, chain["tracks"], chain["iq"], out, output=out,
-          names=[f"sparse store {sparse}", "block 0", "non-finite feats"], fresh=False)  # fmt: skip
+    fails(
+        "render",
+        *BLOCKS,
+        "--input",
+        sparse,
+        chain["tracks"],
+        chain["iq"],
+        out,
+        output=out,
+        names=[f"sparse store {sparse}", "block 0", "non-finite feats"],
+        fresh=False,
+    )
 
 
 def test_pred_store_with_negative_sites_is_named(tmp_path, chain):
@@ -338,8 +405,18 @@ def test_pred_store_with_negative_sites_is_named(tmp_path, chain):
     n = zarr.open_array(str(pred / "coords"), mode="r").shape[0]
     damage(pred, "coords", (n - 1, 0), -2)
     out = tmp_path / "density"
-    fails("render", *BLOCKS, "--pred", f"net={pred}", chain["tracks"], chain["iq"], out, output=out,
-          names=[f"pred store {pred}", "sites outside its fine_block_shape"], fresh=False)  # fmt: skip
+    fails(
+        "render",
+        *BLOCKS,
+        "--pred",
+        f"net={pred}",
+        chain["tracks"],
+        chain["iq"],
+        out,
+        output=out,
+        names=[f"pred store {pred}", "sites outside its fine_block_shape"],
+        fresh=False,
+    )
 
 
 # ------------------------------------------------------------------------------ localizations, density
@@ -350,8 +427,16 @@ def test_metrics_on_localizations_with_nan_positions_names_the_frame(tmp_path, c
     (tmp_path / "density").mkdir()
     out = tmp_path / "metrics.json"
     out.write_text('{"label": "previous"}')
-    fails("metrics", "--localizations", loc, chain["tracks"], tmp_path / "density", out, output=out,
-          names=[f"localizations store {loc}", f"frame {int(frame[-1])} holds non-finite positions"])  # fmt: skip
+    fails(
+        "metrics",
+        "--localizations",
+        loc,
+        chain["tracks"],
+        tmp_path / "density",
+        out,
+        output=out,
+        names=[f"localizations store {loc}", f"frame {int(frame[-1])} holds non-finite positions"],
+    )
 
 
 def test_metrics_on_a_density_map_with_nan_is_named(tmp_path, chain):
@@ -426,8 +511,16 @@ def test_claims_on_a_bad_memory_file_is_named(request, tmp_path, text, needles):
     memory.write_text(text)
     out = tmp_path / "claims.csv"
     out.write_text("claim,verdict\n0,previous\n")
-    fails("claims", "--memory", memory, _metrics_json(tmp_path), out, output=out, names=[f"memory file {memory}", *needles],
-          fresh=first_case(request))  # fmt: skip
+    fails(
+        "claims",
+        "--memory",
+        memory,
+        _metrics_json(tmp_path),
+        out,
+        output=out,
+        names=[f"memory file {memory}", *needles],
+        fresh=first_case(request),
+    )
 
 
 def test_every_iq_read_is_checked_and_names_its_frames(nan_iq):

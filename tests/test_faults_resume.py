@@ -36,8 +36,17 @@ def as_from_a_terminal() -> None:
 
 
 def command(root: Path, folder: Path) -> list[str]:
-    return [sys.executable, "-m", "ulm", "train", "--quiet", *[a for s in SETS for a in ("--set", s)],
-            str(root / "sparse.zarr"), str(root / "target.zarr"), str(folder / "model.pt")]  # fmt: skip
+    return [
+        sys.executable,
+        "-m",
+        "ulm",
+        "train",
+        "--quiet",
+        *[a for s in SETS for a in ("--set", s)],
+        str(root / "sparse.zarr"),
+        str(root / "target.zarr"),
+        str(folder / "model.pt"),
+    ]
 
 
 def log_but_seconds(folder: Path) -> list[dict]:

@@ -125,8 +125,18 @@ def test_output_snr_matches_the_configured_snr(tmp_path):
     model = build_model(cfg, 2, FOV)
     centre = model.grid.origin_um + (np.array(model.grid.shape) - 1) // 2 * model.grid.spacing_um
     write_tracks(tmp_path / "tracks.zarr", [centre[[2, 1, 0]]] * 400)
-    code = main(["forward", "--quiet", "--set", "forward.snr_db=20", "--set", "forward.block_frames=128",
-                 str(tmp_path / "tracks.zarr"), str(tmp_path / "iq.zarr")])  # fmt: skip
+    code = main(
+        [
+            "forward",
+            "--quiet",
+            "--set",
+            "forward.snr_db=20",
+            "--set",
+            "forward.block_frames=128",
+            str(tmp_path / "tracks.zarr"),
+            str(tmp_path / "iq.zarr"),
+        ]
+    )
     assert code == 0
     iq = read_iq(tmp_path / "iq.zarr")
     data = iq.iq[:]
@@ -159,8 +169,13 @@ def _bad_tracks_shape(path):
 
     g = zarr.open_group(str(path), mode="w", zarr_format=3)
     g.attrs["frame_rate_hz"] = 1000.0
-    for name, data in {"frame": np.zeros(3, "i4"), "bubble": np.zeros(3, "i8"), "pos_um": np.zeros((3, 2), "f4"),
-                       "vel_mm_s": np.zeros((3, 3), "f4"), "frame_offsets": np.array([0, 3])}.items():  # fmt: skip
+    for name, data in {
+        "frame": np.zeros(3, "i4"),
+        "bubble": np.zeros(3, "i8"),
+        "pos_um": np.zeros((3, 2), "f4"),
+        "vel_mm_s": np.zeros((3, 3), "f4"),
+        "frame_offsets": np.array([0, 3]),
+    }.items():
         g.create_array(name, data=data)
 
 

@@ -58,8 +58,10 @@ def test_shifted_localizations_score_by_the_tolerance(shift):
     tol = LAMBDA / 4
     scores = match_localizations(frame, pos, frame, pos + shift, tol)
     size = np.linalg.norm(shift)
-    print(f"shift {size:.1f} um, tolerance {tol:.2f} um: precision {scores['precision']}, recall {scores['recall']}, "
-          f"RMSE {scores['rmse_um']}")  # fmt: skip
+    print(
+        f"shift {size:.1f} um, tolerance {tol:.2f} um: precision {scores['precision']}, recall {scores['recall']}, "
+        f"RMSE {scores['rmse_um']}"
+    )
     if size <= tol:
         assert scores["precision"] == scores["recall"] == scores["jaccard"] == 1.0
         assert scores["rmse_um"] == pytest.approx(size, rel=1e-9)
@@ -76,8 +78,16 @@ def test_matching_is_one_to_one_and_counts_false_positives_and_misses():
     assert s["precision"] == pytest.approx(1 / 3) and s["recall"] == 0.5 and s["jaccard"] == pytest.approx(1 / 4)
 
 
-GRID_ATTRS = {"frame_rate_hz": 1000.0, "dims": 2, "origin_um": [0.0, 0.0], "spacing_um": [49.28, 49.28], "shape": [13, 13],
-              "wavelength_um": LAMBDA, "plane_y_um": 300.0, "slab_um": 200.0}  # fmt: skip
+GRID_ATTRS = {
+    "frame_rate_hz": 1000.0,
+    "dims": 2,
+    "origin_um": [0.0, 0.0],
+    "spacing_um": [49.28, 49.28],
+    "shape": [13, 13],
+    "wavelength_um": LAMBDA,
+    "plane_y_um": 300.0,
+    "slab_um": 200.0,
+}
 
 
 def write_stores(tmp_path, true_frame, true_pos, est_frame, est_pos, n_frames):
@@ -196,8 +206,15 @@ def test_perfect_localizations_render_as_the_ground_truth(imaged_run):
     pos = tracks.pos_um[seen].copy()
     pos[:, 1] = iq.attrs["plane_y_um"]
     frame = tracks.frame[seen]
-    attrs = {"frame_rate_hz": 1000.0, "dims": 2, "origin_um": iq.attrs["origin_um"], "spacing_um": iq.attrs["spacing_um"],
-             "shape": list(iq.iq.shape[1:]), "wavelength_um": LAMBDA, "plane_y_um": iq.attrs["plane_y_um"]}  # fmt: skip
+    attrs = {
+        "frame_rate_hz": 1000.0,
+        "dims": 2,
+        "origin_um": iq.attrs["origin_um"],
+        "spacing_um": iq.attrs["spacing_um"],
+        "shape": list(iq.iq.shape[1:]),
+        "wavelength_um": LAMBDA,
+        "plane_y_um": iq.attrs["plane_y_um"],
+    }
     offsets = np.concatenate([[0], np.cumsum(np.bincount(frame, minlength=70))])
     loc = Localizations(frame, pos, tracks.bubble[seen], offsets, attrs)
     conv, _ = density_from_localizations(loc, 8, 32)
@@ -220,8 +237,15 @@ def test_render_all_writes_density_stores_pngs_and_metrics(imaged_run, tmp_path)
 
     src, cfg = imaged_run
     localize_iq(src / "iq.zarr", tmp_path / "localizations.zarr", cfg["conventional"], progress=False)
-    paths = render_all(src / "tracks.zarr", src / "iq.zarr", tmp_path / "density", cfg, tmp_path / "localizations.zarr",
-                       perfect_pred(src, tmp_path), progress=False)  # fmt: skip
+    paths = render_all(
+        src / "tracks.zarr",
+        src / "iq.zarr",
+        tmp_path / "density",
+        cfg,
+        tmp_path / "localizations.zarr",
+        perfect_pred(src, tmp_path),
+        progress=False,
+    )
     assert set(paths) == {"ground_truth", "conventional", "network"}
     for name, path in paths.items():
         d = read_density(path)
@@ -232,9 +256,11 @@ def test_render_all_writes_density_stores_pngs_and_metrics(imaged_run, tmp_path)
     json.dumps(metrics)  # metrics.json-ready
     loc = metrics["localization"]
     dices = metrics["dice"]
-    print(f"2D render run (30 dB): Dice conventional {dices['conventional']:.3f}, network (= targets) {dices['network']}, "
-          f"precision {loc['precision']:.3f}, recall {loc['recall']:.3f}, RMSE {loc['rmse_um']:.2f} um, "
-          f"FRC halves {metrics['frc']['conventional_halves']['resolution_um']:.1f} um")  # fmt: skip
+    print(
+        f"2D render run (30 dB): Dice conventional {dices['conventional']:.3f}, network (= targets) {dices['network']}, "
+        f"precision {loc['precision']:.3f}, recall {loc['recall']:.3f}, RMSE {loc['rmse_um']:.2f} um, "
+        f"FRC halves {metrics['frc']['conventional_halves']['resolution_um']:.1f} um"
+    )
     assert metrics["dice"]["network"] == 1.0 and metrics["dice"]["conventional"] > 0.5
     assert loc["recall"] > 0.9 and loc["precision"] > 0.9
     assert not list(tmp_path.rglob("*.tmp"))
@@ -275,8 +301,9 @@ def test_trivial_predictor_paints_the_kept_input_sites_block_by_block(imaged_run
 
 def test_metrics_carry_tolerant_scores_and_leave_one_block_out_replicates(imaged_run, tmp_path):
     tmp, cfg = imaged_run
-    written = render_all(tmp / "tracks.zarr", tmp / "iq.zarr", tmp_path / "density", cfg, pred_path=perfect_pred(tmp, tmp_path),
-                         progress=False)  # fmt: skip
+    written = render_all(
+        tmp / "tracks.zarr", tmp / "iq.zarr", tmp_path / "density", cfg, pred_path=perfect_pred(tmp, tmp_path), progress=False
+    )
     assert len(read_density(written["network"]).blocks) == 2
     out = compute_metrics(tmp / "tracks.zarr", cfg, density_paths=written)
     assert out["dice"]["network"] == pytest.approx(1.0) and out["tolerant"]["network"]["dice_tolerant"] == pytest.approx(1.0)

@@ -156,14 +156,41 @@ def test_a_complete_run_leaves_nothing_to_do(tmp_path, frozen_workflow, preset):
 @pytest.mark.parametrize(
     ("preset", "expected"),
     [
-        ("paper-2d", {"width": 16, "prune": False, "deep_supervision": False, "cascaded": False, "lr": 0.1, "epochs": 150,
-                      "phase2_epochs": 150, "phase2_lr_factor": 0.01, "dilate_first_phase": True, "batch_size": 8,
-                      "lr_milestones": [15, 45, 75, 100, 160, 200, 250], "lr_gamma": 0.1}),
-        ("paper-3d", {"width": 16, "prune": False, "deep_supervision": False, "cascaded": False, "lr": 0.05, "epochs": 20,
-                      "phase2_epochs": 0, "dilate_first_phase": False, "batch_size": 2, "lr_milestones": [15, 17],
-                      "lr_gamma": 0.1}),
+        (
+            "paper-2d",
+            {
+                "width": 16,
+                "prune": False,
+                "deep_supervision": False,
+                "cascaded": False,
+                "lr": 0.1,
+                "epochs": 150,
+                "phase2_epochs": 150,
+                "phase2_lr_factor": 0.01,
+                "dilate_first_phase": True,
+                "batch_size": 8,
+                "lr_milestones": [15, 45, 75, 100, 160, 200, 250],
+                "lr_gamma": 0.1,
+            },
+        ),
+        (
+            "paper-3d",
+            {
+                "width": 16,
+                "prune": False,
+                "deep_supervision": False,
+                "cascaded": False,
+                "lr": 0.05,
+                "epochs": 20,
+                "phase2_epochs": 0,
+                "dilate_first_phase": False,
+                "batch_size": 2,
+                "lr_milestones": [15, 17],
+                "lr_gamma": 0.1,
+            },
+        ),
     ],
-)  # fmt: skip
+)
 def test_paper_presets_train_the_reference_headline_network_with_its_schedule(preset, expected):
     """The presets lay over config.yaml (whose demo trains another variant): nothing of it may leak in."""
     from ulm.config import apply_preset, validate_config

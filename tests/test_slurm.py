@@ -62,8 +62,9 @@ def profile(tmp_path_factory) -> Path:
     return folder
 
 
-def snakemake_slurm(workdir: Path, profile: Path, *args: str, timeout: float, config: dict = SMALL
-                    ) -> tuple[subprocess.CompletedProcess, float]:  # fmt: skip
+def snakemake_slurm(
+    workdir: Path, profile: Path, *args: str, timeout: float, config: dict = SMALL
+) -> tuple[subprocess.CompletedProcess, float]:
     """Run snakemake with the profile; on a timeout, cancel this run's SLURM jobs and fail."""
     cfg_file = workdir / "config-run.yaml"
     cfg_file.write_text(yaml.safe_dump(config))

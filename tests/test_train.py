@@ -50,8 +50,14 @@ def test_best_checkpoint_is_the_best_epoch_and_the_schedule_steps_once(stores, t
     assert 0 <= trivial <= 1
 
 
-REFERENCE_2D = {"lr": 0.1, "epochs": 150, "phase2_epochs": 150, "phase2_lr_factor": 0.01, "dilate_first_phase": True,
-                "cascade_epochs": 1}  # fmt: skip
+REFERENCE_2D = {
+    "lr": 0.1,
+    "epochs": 150,
+    "phase2_epochs": 150,
+    "phase2_lr_factor": 0.01,
+    "dilate_first_phase": True,
+    "cascade_epochs": 1,
+}
 MILESTONES_2D = [15, 45, 75, 100, 160, 200, 250]
 
 
@@ -181,8 +187,15 @@ def test_store_with_wrong_channels_or_block_sizes_is_rejected(stores, tmp_path, 
 
 
 def test_three_d_network_trains_and_predicts_with_4d_convolutions(tmp_path):
-    cfg = load_config(overrides=["bubbles.n_frames=512", "bubbles.concentration=20", "sparse.block_frames=128", "train.epochs=1",
-                                 "train.width=4"])  # fmt: skip
+    cfg = load_config(
+        overrides=[
+            "bubbles.n_frames=512",
+            "bubbles.concentration=20",
+            "sparse.block_frames=128",
+            "train.epochs=1",
+            "train.width=4",
+        ]
+    )
     graph = build_graph("bundled:mouse_20120409", cfg["graph"])
     simulate_tracks(graph, solve_flow(graph, cfg["flow"]), cfg["bubbles"], 1, path=tmp_path / "tracks.zarr", progress=False)
     simulate_iq(tmp_path / "tracks.zarr", tmp_path / "iq.zarr", cfg, 3, 0, progress=False)
@@ -199,8 +212,13 @@ def test_three_d_network_trains_and_predicts_with_4d_convolutions(tmp_path):
 
 def test_reference_targets_are_the_rounded_positions_of_each_frame(stores, tmp_path):
     root, cfg = stores
-    make_targets(root / "tracks.zarr", root / "iq.zarr", tmp_path / "positions.zarr", {**cfg["sparse"], "target": "positions"},
-                 progress=False)  # fmt: skip
+    make_targets(
+        root / "tracks.zarr",
+        root / "iq.zarr",
+        tmp_path / "positions.zarr",
+        {**cfg["sparse"], "target": "positions"},
+        progress=False,
+    )
     positions, paths = CooStore(tmp_path / "positions.zarr", "target"), CooStore(root / "target.zarr", "target")
     n_pos = sum(len(positions.block(b)[0]) for b in range(len(positions)))
     n_path = sum(len(paths.block(b)[0]) for b in range(len(paths)))

@@ -21,7 +21,12 @@ def test_version_comes_from_the_package_metadata():
 def test_a_store_records_the_version_that_wrote_it(tmp_path):
     import numpy as np
 
-    graph = Graph(pos_um=np.array([[0, 0, 0], [0, 0, 100.0]]), node_diam_um=np.array([5.0, 5.0]),
-                  edges=np.array([[0, 1]]), diam_um=np.array([5.0]), vessel_type=np.array(["capillary"]))
+    graph = Graph(
+        pos_um=np.array([[0, 0, 0], [0, 0, 100.0]]),
+        node_diam_um=np.array([5.0, 5.0]),
+        edges=np.array([[0, 1]]),
+        diam_um=np.array([5.0]),
+        vessel_type=np.array(["capillary"]),
+    )
     write_graph(tmp_path / "graph.zarr", graph)
     assert zarr.open_group(str(tmp_path / "graph.zarr"), mode="r").attrs["ulm_version"] == ulm.__version__

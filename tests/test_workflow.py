@@ -118,8 +118,10 @@ RERUN_CASES = [
     ({"concentrations_3d": [5]}, {}),
     ({"overrides_3d": {"train": {"width": 8}, "sparse": {"tau": 0.3}}}, {}),
     # one more network of the sparsification sweep: its input in both splits, its training, inference and scores
-    ({"train": {"epochs": 1, "width": 4, "sweep": ["threshold-0.2"]}},
-     {"sparsify": 2, "train": 1, "infer": 1, **EVALUATION, "all": 1}),
+    (
+        {"train": {"epochs": 1, "width": 4, "sweep": ["threshold-0.2"]}},
+        {"sparsify": 2, "train": 1, "infer": 1, **EVALUATION, "all": 1},
+    ),
 ]
 
 

@@ -152,10 +152,36 @@ def _pick(cdf: np.ndarray, lo: int, hi: int, u: float) -> int:
 
 @nb.njit(parallel=True, cache=True)
 def _advance(
-    start, direction, n1, n2, length, lumen, vmax, down, out_ptr, out_edge, out_cdf, inlet_edge, inlet_cdf,
-    edge, s, rho, theta, gen, rng, frame0, n_frames, dt, floor, pulse_hz, pulse_amp,
-    out_pos, out_vel, out_id, out_edge_id,
-):  # fmt: skip
+    start,
+    direction,
+    n1,
+    n2,
+    length,
+    lumen,
+    vmax,
+    down,
+    out_ptr,
+    out_edge,
+    out_cdf,
+    inlet_edge,
+    inlet_cdf,
+    edge,
+    s,
+    rho,
+    theta,
+    gen,
+    rng,
+    frame0,
+    n_frames,
+    dt,
+    floor,
+    pulse_hz,
+    pulse_amp,
+    out_pos,
+    out_vel,
+    out_id,
+    out_edge_id,
+):
     """Record then advance every slot for ``n_frames`` frames (rows are frame-major)."""
     k_slots = edge.shape[0]
     two_pi = 2.0 * np.pi
@@ -208,8 +234,15 @@ class Chunk:
     edge: np.ndarray
 
 
-def advance(net: Network, state: BubbleState, n_frames: int, frame_rate_hz: float, floor: float = 0.3,
-            pulse_bpm: float = 0.0, pulse_amp: float = 0.0) -> Chunk:  # fmt: skip
+def advance(
+    net: Network,
+    state: BubbleState,
+    n_frames: int,
+    frame_rate_hz: float,
+    floor: float = 0.3,
+    pulse_bpm: float = 0.0,
+    pulse_amp: float = 0.0,
+) -> Chunk:
     """Record the current positions and advance ``state`` (in place) by ``n_frames`` frames."""
     k = len(state.edge)
     rows = n_frames * k
@@ -221,25 +254,54 @@ def advance(net: Network, state: BubbleState, n_frames: int, frame_rate_hz: floa
         edge=np.empty(rows, np.int64),
     )
     _advance(
-        net.start_um, net.dir, net.normal1, net.normal2, net.length_um, net.lumen_um, net.vmax_um_s, net.down,
-        net.out_ptr, net.out_edge, net.out_cdf, net.inlet_edge, net.inlet_cdf,
-        state.edge, state.s_um, state.rho, state.theta, state.generation, state.rng,
-        state.frame, n_frames, 1.0 / frame_rate_hz, floor, pulse_bpm / 60.0, pulse_amp,
-        out.pos_um, out.vel_mm_s, out.bubble, out.edge,
-    )  # fmt: skip
+        net.start_um,
+        net.dir,
+        net.normal1,
+        net.normal2,
+        net.length_um,
+        net.lumen_um,
+        net.vmax_um_s,
+        net.down,
+        net.out_ptr,
+        net.out_edge,
+        net.out_cdf,
+        net.inlet_edge,
+        net.inlet_cdf,
+        state.edge,
+        state.s_um,
+        state.rho,
+        state.theta,
+        state.generation,
+        state.rng,
+        state.frame,
+        n_frames,
+        1.0 / frame_rate_hz,
+        floor,
+        pulse_bpm / 60.0,
+        pulse_amp,
+        out.pos_um,
+        out.vel_mm_s,
+        out.bubble,
+        out.edge,
+    )
     state.frame += n_frames
     return out
 
 
-def simulate_tracks(graph: Graph, flow: Flow, cfg: dict, seed: int, path: str | Path | None = None,
-                    progress: bool = True) -> Chunk | None:  # fmt: skip
+def simulate_tracks(
+    graph: Graph, flow: Flow, cfg: dict, seed: int, path: str | Path | None = None, progress: bool = True
+) -> Chunk | None:
     """The `ulm bubbles` stage. Streams ``tracks.zarr`` to ``path`` chunk by chunk, or, with
     ``path=None``, returns all rows in memory (for tests and small runs)."""
     net = build_network(graph, flow, cfg["bubble_diam_um"])
     state = initial_state(net, cfg["concentration"], seed)
     n_frames, chunk = cfg["n_frames"], cfg["chunk_frames"]
-    kwargs = dict(frame_rate_hz=cfg["frame_rate_hz"], floor=cfg["profile_floor"],
-                  pulse_bpm=cfg["pulsatility_rate_bpm"], pulse_amp=cfg["pulsatility_amplitude"])  # fmt: skip
+    kwargs = dict(
+        frame_rate_hz=cfg["frame_rate_hz"],
+        floor=cfg["profile_floor"],
+        pulse_bpm=cfg["pulsatility_rate_bpm"],
+        pulse_amp=cfg["pulsatility_amplitude"],
+    )
     blocks = [min(chunk, n_frames - f0) for f0 in range(0, n_frames, chunk)]
     bar = progress_log(total=n_frames, unit="frame", desc="bubbles", enabled=progress)
     if path is None:

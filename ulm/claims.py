@@ -96,8 +96,9 @@ def read_memory(path: str | Path) -> dict:
         raise UlmError(f"memory file {path}: missing key ratio_2d or ratio_3d (dense / sparse peak memory)")
     for key in MEMORY_KEYS + tuple(k.replace("ratio_", "ratio_eq1_") for k in MEMORY_KEYS):
         value = memory.get(key)
-        if key in memory and not (isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-                                  and value > 0):  # fmt: skip
+        if key in memory and not (
+            isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+        ):
             raise UlmError(f"memory file {path}: key {key} must be a positive finite number, got {value!r}")
     return memory
 

@@ -30,8 +30,14 @@ def parser() -> argparse.ArgumentParser:
     for name, (_, positionals, text) in STAGES.items():
         p = sub.add_parser(name, help=text, description=text)
         p.add_argument("--config", type=Path, help="YAML config (defaults from the schema when omitted)")
-        p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                       help="override one config value (YAML); a whole section may be set as SECTION={...}")  # fmt: skip
+        p.add_argument(
+            "--set",
+            dest="overrides",
+            action="append",
+            default=[],
+            metavar="SECTION.KEY=VALUE",
+            help="override one config value (YAML); a whole section may be set as SECTION={...}",
+        )
         if name in ("flow", "bubbles", "forward", "sparsify"):
             p.add_argument("--plot", type=Path, help="also write a PNG summary here")
         if name == "sparsify":
@@ -40,8 +46,13 @@ def parser() -> argparse.ArgumentParser:
         if name in ("render", "metrics"):
             p.add_argument("--localizations", type=Path, help="localizations.zarr of conventional ULM")
         if name == "render":
-            p.add_argument("--pred", action="append", default=[], metavar="[NAME=]PRED",
-                           help="pred.zarr of a network (repeat for several; NAME labels its map, default network)")  # fmt: skip
+            p.add_argument(
+                "--pred",
+                action="append",
+                default=[],
+                metavar="[NAME=]PRED",
+                help="pred.zarr of a network (repeat for several; NAME labels its map, default network)",
+            )
             p.add_argument("--input", type=Path, help="the networks' sparse.zarr input: also render the trivial predictor")
             p.add_argument("--comparison", type=Path, help="write the side-by-side figure here (PNG) instead of into OUTPUT")
         if name == "metrics":
@@ -58,8 +69,13 @@ def parser() -> argparse.ArgumentParser:
                 metavar="FIELD=VALUE",
                 help="what each metrics.json scores, in order: one --run dims=D concentration=C per file",
             )
-            p.add_argument("--train-metrics", type=Path, nargs="+", default=[],
-                           help="metrics.csv training logs of the ablation networks (time and validation Dice)")  # fmt: skip
+            p.add_argument(
+                "--train-metrics",
+                type=Path,
+                nargs="+",
+                default=[],
+                help="metrics.csv training logs of the ablation networks (time and validation Dice)",
+            )
             p.add_argument(
                 "--train-run",
                 action="append",
@@ -82,8 +98,13 @@ def parser() -> argparse.ArgumentParser:
             p.add_argument("--learning-plot", type=Path, help="plot the networks' validation Dice per epoch here (PNG)")
             p.add_argument("--train-metrics", type=Path, nargs="+", default=[], help="metrics.csv of each network's training")
         if name == "train":
-            p.add_argument("--iq", type=Path, action="append", default=[],
-                           help="iq.zarr of each sparse store, in order (needed by the dense baseline)")  # fmt: skip
+            p.add_argument(
+                "--iq",
+                type=Path,
+                action="append",
+                default=[],
+                help="iq.zarr of each sparse store, in order (needed by the dense baseline)",
+            )
         if name == "infer":
             p.add_argument("--iq", type=Path, help="iq.zarr the sparse store was made from (needed by the dense baseline)")
         if name == "forward":
@@ -97,12 +118,34 @@ def parser() -> argparse.ArgumentParser:
 
 
 # what each stage writes at OUTPUT (a store kind, a folder of density stores, or a plain file)
-OUTPUT_KIND = {"graph": "graph", "flow": "flow", "bubbles": "tracks", "forward": "iq", "sparsify": "sparse", "mask": "file",
-               "targets": "target", "train": "file", "infer": "pred", "conventional": "localizations",
-               "render": "density-folder", "metrics": "file", "summary": "file", "claims": "file"}  # fmt: skip
-EXTRA_OUTPUTS = ("plot", "csv", "comparison",
-                 "dice_plot", "ablation", "tradeoff_plot", "dice_kept_plot", "ablation_plot", "maps_plot",
-                 "learning_plot")  # fmt: skip
+OUTPUT_KIND = {
+    "graph": "graph",
+    "flow": "flow",
+    "bubbles": "tracks",
+    "forward": "iq",
+    "sparsify": "sparse",
+    "mask": "file",
+    "targets": "target",
+    "train": "file",
+    "infer": "pred",
+    "conventional": "localizations",
+    "render": "density-folder",
+    "metrics": "file",
+    "summary": "file",
+    "claims": "file",
+}
+EXTRA_OUTPUTS = (
+    "plot",
+    "csv",
+    "comparison",
+    "dice_plot",
+    "ablation",
+    "tradeoff_plot",
+    "dice_kept_plot",
+    "ablation_plot",
+    "maps_plot",
+    "learning_plot",
+)
 TRAIN_SIBLINGS = ("last.pt", "metrics.csv", "train.png")  # written beside model.pt
 
 
@@ -180,8 +223,11 @@ def _run(args: argparse.Namespace, func: Callable, name: str) -> int:
     except Exception as exc:
         if os.environ.get("ULM_TRACEBACK"):
             raise
-        print(f"{name}: error: unexpected {type(exc).__name__}: {_one_line(exc)} (a damaged input or a bug; "
-              "ULM_TRACEBACK=1 shows where)", file=sys.stderr)  # fmt: skip
+        print(
+            f"{name}: error: unexpected {type(exc).__name__}: {_one_line(exc)} (a damaged input or a bug; "
+            "ULM_TRACEBACK=1 shows where)",
+            file=sys.stderr,
+        )
         return 1
     return 0
 

@@ -3,7 +3,6 @@
 Stages are imported inside their command, so `ulm --help` and one stage do not load every stage (torch,
 numba, matplotlib). :data:`STAGES` maps each stage to its command, positionals and help line."""
 
-
 import argparse
 import json
 import sys
@@ -119,11 +118,15 @@ def cmd_train(args: argparse.Namespace, cfg: dict) -> None:
     sparse, target = args.stores[0::2], args.stores[1::2]
     if args.iq and len(args.iq) != len(sparse):
         raise UlmError(f"train: {len(args.iq)} --iq stores for {len(sparse)} sparse stores (one each, in the same order)")
-    rows, trivial = train(sparse, target, args.output, cfg["train"], derive_seed(cfg["seed"], "train"), iq_paths=args.iq,
-                          progress=not args.quiet)  # fmt: skip
+    rows, trivial = train(
+        sparse, target, args.output, cfg["train"], derive_seed(cfg["seed"], "train"), iq_paths=args.iq, progress=not args.quiet
+    )
     best = max((r for r in rows if r["val_dice"] == r["val_dice"]), key=lambda r: r["val_dice"])
-    print(f"train: validation Dice untrained {rows[0]['val_dice']:.3f}, trivial predictor (upsampled input) {trivial:.3f}, "
-          f"best {best['val_dice']:.3f} at epoch {best['epoch']}", file=sys.stderr)  # fmt: skip
+    print(
+        f"train: validation Dice untrained {rows[0]['val_dice']:.3f}, trivial predictor (upsampled input) {trivial:.3f}, "
+        f"best {best['val_dice']:.3f} at epoch {best['epoch']}",
+        file=sys.stderr,
+    )
 
 
 def cmd_infer(args: argparse.Namespace, cfg: dict) -> None:
@@ -147,8 +150,17 @@ def cmd_render(args: argparse.Namespace, cfg: dict) -> None:
         name, sep, path = item.rpartition("=")
         preds[name if sep else "network"] = Path(path)
     with atomic_path(args.output) as folder:  # the whole folder replaces the previous one
-        render_all(args.tracks, args.iq, folder, cfg, loc_path=args.localizations, pred_path=preds, progress=not args.quiet,
-                   input_path=args.input, comparison_path=args.comparison)  # fmt: skip
+        render_all(
+            args.tracks,
+            args.iq,
+            folder,
+            cfg,
+            loc_path=args.localizations,
+            pred_path=preds,
+            progress=not args.quiet,
+            input_path=args.input,
+            comparison_path=args.comparison,
+        )
 
 
 def cmd_metrics(args: argparse.Namespace, cfg: dict) -> None:

@@ -181,8 +181,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> di
     cfg = apply_overrides(cfg, list(overrides))
     if isinstance(cfg.get("preset"), str) and cfg["preset"]:  # as the Snakefile: preset over config, --set over both
         if not (REPO_ROOT / "workflow" / "presets").is_dir():
-            raise UlmError(f"config key preset: {cfg['preset']!r} cannot be applied outside the repository checkout "
-                           f"(no {REPO_ROOT / 'workflow' / 'presets'})")  # fmt: skip
+            raise UlmError(
+                f"config key preset: {cfg['preset']!r} cannot be applied outside the repository checkout "
+                f"(no {REPO_ROOT / 'workflow' / 'presets'})"
+            )
         apply_preset(cfg, REPO_ROOT, apply_overrides({}, list(overrides)))
     return validate_config(cfg)
 
@@ -205,8 +207,10 @@ def network_map_name(model: str, variant: str = "full", method: str | None = Non
     return f"network_{model}{on}_cnn" if variant == "full" else f"network_{model}{on}_{variant}_cnn"
 
 
-_MAP_NAME = re.compile(r"^network_(?P<model>sparse|dense)(?:_on-(?P<method>[a-z]+(?:-[0-9.]+)?))?"
-                       r"(?:_(?P<variant>" + "|".join(ABLATIONS) + r"))?_cnn$")  # fmt: skip
+_MAP_NAME = re.compile(
+    r"^network_(?P<model>sparse|dense)(?:_on-(?P<method>[a-z]+(?:-[0-9.]+)?))?"
+    r"(?:_(?P<variant>" + "|".join(ABLATIONS) + r"))?_cnn$"
+)
 
 
 def parse_network_map_name(name: str) -> dict | None:

@@ -18,8 +18,14 @@ from ulm.store import CooWriter
 
 
 @torch.no_grad()
-def predict(checkpoint: str | Path, sparse_path: str | Path, out_path: str | Path, device_name: str = "auto",
-            iq_path: str | Path | None = None, progress: bool = True) -> None:  # fmt: skip
+def predict(
+    checkpoint: str | Path,
+    sparse_path: str | Path,
+    out_path: str | Path,
+    device_name: str = "auto",
+    iq_path: str | Path | None = None,
+    progress: bool = True,
+) -> None:
     """Write per-block probabilities on the ``factor`` x grid (sites with p > 0.5) as ``pred.zarr``."""
     device = pick_device(device_name)
     net, ckpt = load_checkpoint(checkpoint, device)
@@ -39,8 +45,14 @@ def predict(checkpoint: str | Path, sparse_path: str | Path, out_path: str | Pat
     fine_block = np.array(data.block_shape[1:]) * spec.factor
     iq_grid = data._open()[0].attrs["iq"]
     origin, spacing = fine_grid(iq_grid["origin_um"], iq_grid["spacing_um"], spec.factor)
-    attrs = {"factor": spec.factor, "origin_um": origin.tolist(), "spacing_um": spacing.tolist(), "checkpoint": str(checkpoint),
-             "fine_block_shape": fine_block.tolist(), "threshold": 0.5}  # fmt: skip
+    attrs = {
+        "factor": spec.factor,
+        "origin_um": origin.tolist(),
+        "spacing_um": spacing.tolist(),
+        "checkpoint": str(checkpoint),
+        "fine_block_shape": fine_block.tolist(),
+        "threshold": 0.5,
+    }
     with CooWriter(out_path, spec.dims, 1, attrs, kind="pred") as writer:
         for b in progress_log(range(len(data)), unit="block", desc="infer", enabled=progress):
             if dense is not None:

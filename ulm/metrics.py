@@ -64,8 +64,11 @@ def tolerant_scores(a: np.ndarray, b: np.ndarray) -> dict:
     hit_a = int(np.logical_and(ba, binary_dilation(bb, structure)).sum())
     hit_b = int(np.logical_and(bb, binary_dilation(ba, structure)).sum())
     na, nb = int(ba.sum()), int(bb.sum())
-    return {"dice_tolerant": (hit_a + hit_b) / (na + nb) if na + nb else 0.0,
-            "precision_tolerant": hit_a / na if na else 0.0, "recall_tolerant": hit_b / nb if nb else 0.0}  # fmt: skip
+    return {
+        "dice_tolerant": (hit_a + hit_b) / (na + nb) if na + nb else 0.0,
+        "precision_tolerant": hit_a / na if na else 0.0,
+        "recall_tolerant": hit_b / nb if nb else 0.0,
+    }
 
 
 def leave_one_block_out_dice(a_blocks: list[np.ndarray], b_blocks: list[np.ndarray], size: int) -> list[float]:
@@ -79,8 +82,10 @@ def leave_one_block_out_dice(a_blocks: list[np.ndarray], b_blocks: list[np.ndarr
     Returns one Dice per left-out block (NaN where both maps are then empty)."""
     if len(a_blocks) != len(b_blocks):
         raise UlmError(f"leave-one-out Dice: the maps have {len(a_blocks)} and {len(b_blocks)} blocks")
-    counts = [np.bincount(np.concatenate([np.zeros(0, np.int64), *blocks]).astype(np.int64), minlength=size)
-              for blocks in (a_blocks, b_blocks)]  # fmt: skip
+    counts = [
+        np.bincount(np.concatenate([np.zeros(0, np.int64), *blocks]).astype(np.int64), minlength=size)
+        for blocks in (a_blocks, b_blocks)
+    ]
     out = []
     for part_a, part_b in zip(a_blocks, b_blocks, strict=True):
         ca, cb = counts[0].copy(), counts[1].copy()
@@ -129,8 +134,9 @@ def _scores(n_true: int, n_est: int, tp: int, sq_err: float, tolerance_um: float
     }
 
 
-def match_localizations(true_frame: np.ndarray, true_pos: np.ndarray, est_frame: np.ndarray, est_pos: np.ndarray,
-                        tolerance_um: float) -> dict:  # fmt: skip
+def match_localizations(
+    true_frame: np.ndarray, true_pos: np.ndarray, est_frame: np.ndarray, est_pos: np.ndarray, tolerance_um: float
+) -> dict:
     """Precision, recall, Jaccard and RMSE (um) of localizations against true positions, frame by frame.
 
     Parameters
@@ -173,8 +179,13 @@ def imaged_truth(tracks: TracksReader, loc_attrs: dict, t0: int, t1: int) -> tup
     return rel[inside] + t0, pos[inside]
 
 
-def localization_metrics(tracks_path: str | Path, loc: str | Path | Localizations, tolerance_um: float | None = None,
-                         tracked_only: bool = False, chunk_frames: int = 4096) -> dict:  # fmt: skip
+def localization_metrics(
+    tracks_path: str | Path,
+    loc: str | Path | Localizations,
+    tolerance_um: float | None = None,
+    tracked_only: bool = False,
+    chunk_frames: int = 4096,
+) -> dict:
     """Localization scores of ``localizations.zarr`` against ``tracks.zarr`` (see the module docstring).
 
     Parameters
@@ -265,13 +276,23 @@ def frc_summary(a: np.ndarray, b: np.ndarray, spacing_um, threshold: float = 1 /
     """JSON-ready FRC result: resolution_um, crossed, threshold, freq_per_um and curve (lists)."""
     freq, curve = frc(a, b, spacing_um)
     res, crossed = frc_resolution(freq, curve, threshold)
-    return {"resolution_um": res, "crossed": crossed, "threshold": threshold, "freq_per_um": freq.tolist(),
-            "curve": [None if not np.isfinite(v) else float(v) for v in curve]}  # fmt: skip
+    return {
+        "resolution_um": res,
+        "crossed": crossed,
+        "threshold": threshold,
+        "freq_per_um": freq.tolist(),
+        "curve": [None if not np.isfinite(v) else float(v) for v in curve],
+    }
 
 
 # ------------------------------------------------------------------------------------------ stage
-def compute_metrics(tracks_path: str | Path, cfg: dict, loc_path: str | Path | None = None,
-                    density_paths: Mapping[str, str | Path] | None = None, reference: str = GROUND_TRUTH) -> dict:  # fmt: skip
+def compute_metrics(
+    tracks_path: str | Path,
+    cfg: dict,
+    loc_path: str | Path | None = None,
+    density_paths: Mapping[str, str | Path] | None = None,
+    reference: str = GROUND_TRUTH,
+) -> dict:
     """The `ulm metrics` stage: a ``metrics.json``-ready dict.
 
     Parameters
@@ -299,8 +320,11 @@ def compute_metrics(tracks_path: str | Path, cfg: dict, loc_path: str | Path | N
         others = {name: d for name, d in maps.items() if name != reference}
         out["dice"] = {name: dice(d.density, ref.density) for name, d in others.items()}
         out["tolerant"] = {name: tolerant_scores(d.density, ref.density) for name, d in others.items()}
-        with_blocks = {name: d for name, d in others.items() if d.blocks is not None and ref.blocks is not None
-                       and len(d.blocks) == len(ref.blocks) > 1}  # fmt: skip
+        with_blocks = {
+            name: d
+            for name, d in others.items()
+            if d.blocks is not None and ref.blocks is not None and len(d.blocks) == len(ref.blocks) > 1
+        }
         out["n_blocks"] = len(ref.blocks) if ref.blocks is not None else None
         out["dice_loo"] = {n: leave_one_block_out_dice(d.blocks, ref.blocks, ref.density.size) for n, d in with_blocks.items()}
         out["density_pixels"] = {name: int(np.count_nonzero(d.density)) for name, d in maps.items()}
@@ -311,10 +335,17 @@ def compute_metrics(tracks_path: str | Path, cfg: dict, loc_path: str | Path | N
         }
     if loc is not None and len(loc.frame):
         halves = [
-            density_from_localizations(loc, cfg["sparse"]["factor"], cfg["sparse"]["block_frames"], rcfg["mode"],
-                                       rcfg["include_untracked"], cfg["conventional"]["interp_factor"], select=mask)
+            density_from_localizations(
+                loc,
+                cfg["sparse"]["factor"],
+                cfg["sparse"]["block_frames"],
+                rcfg["mode"],
+                rcfg["include_untracked"],
+                cfg["conventional"]["interp_factor"],
+                select=mask,
+            )
             for mask in split_halves(loc, mcfg["frc_split"])
-        ]  # fmt: skip
+        ]
         if np.any(halves[0][0]) and np.any(halves[1][0]):
             summary = frc_summary(halves[0][0], halves[1][0], halves[0][1].spacing_um, mcfg["frc_threshold"])
             out.setdefault("frc", {})[f"{CONVENTIONAL}_halves"] = {**summary, "split": mcfg["frc_split"]}

@@ -31,9 +31,19 @@ def _seconds(s: float) -> str:
 class ProgressLog:
     """A tqdm bar (hidden unless ``enabled``) that also writes throttled plain lines (see the module)."""
 
-    def __init__(self, iterable: Iterable | None = None, *, total: int | None = None, desc: str, unit: str = "it",
-                 enabled: bool = True, step: float = 0.1, min_interval_s: float = 5.0,
-                 clock: Callable[[], float] = time.monotonic, file: TextIO | None = None):  # fmt: skip
+    def __init__(
+        self,
+        iterable: Iterable | None = None,
+        *,
+        total: int | None = None,
+        desc: str,
+        unit: str = "it",
+        enabled: bool = True,
+        step: float = 0.1,
+        min_interval_s: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+        file: TextIO | None = None,
+    ):
         if total is None and iterable is not None and hasattr(iterable, "__len__"):
             total = len(iterable)
         self.iterable, self.total, self.desc, self.n = iterable, total, desc, 0
@@ -110,8 +120,15 @@ class ProgressLog:
         self._last_n, self._last_time = self.n, now
 
 
-def progress_log(iterable: Iterable | None = None, *, total: int | None = None, desc: str, unit: str = "it",
-                 enabled: bool = True, **kwargs: Any) -> ProgressLog:  # fmt: skip
+def progress_log(
+    iterable: Iterable | None = None,
+    *,
+    total: int | None = None,
+    desc: str,
+    unit: str = "it",
+    enabled: bool = True,
+    **kwargs: Any,
+) -> ProgressLog:
     """Iterate over ``iterable`` (or ``update(n)`` up to ``total``) with a tqdm bar when ``enabled`` and,
     always, plain progress lines on stderr (see the module). ``kwargs``: ``step``, ``min_interval_s``,
     ``clock`` and ``file`` of :class:`ProgressLog`."""

@@ -54,8 +54,14 @@ POINTS = "density = blocks with a passage (ground truth, network); localizations
 
 
 # ---------------------------------------------------------------------------------------- methods
-def density_from_tracks(tracks_path: str | Path, iq_path: str | Path, factor: int, block_frames: int,
-                        progress: bool = False, blocks: list | None = None) -> tuple[np.ndarray, FineGrid]:  # fmt: skip
+def density_from_tracks(
+    tracks_path: str | Path,
+    iq_path: str | Path,
+    factor: int,
+    block_frames: int,
+    progress: bool = False,
+    blocks: list | None = None,
+) -> tuple[np.ndarray, FineGrid]:
     """Ground-truth density: number of blocks in which a bubble path crossed each fine pixel.
 
     Parameters
@@ -92,8 +98,14 @@ def _coo_shape(store: CooStore) -> tuple[int, ...]:
     raise UlmError(f"{store.kind} store {store.path}: cannot tell the fine-grid shape (no fine_block_shape attr); pass shape")
 
 
-def density_from_coo(path: str | Path, kind: str = "pred", shape: tuple[int, ...] | None = None, threshold: float = 0.5,
-                     progress: bool = False, blocks: list | None = None) -> tuple[np.ndarray, FineGrid]:  # fmt: skip
+def density_from_coo(
+    path: str | Path,
+    kind: str = "pred",
+    shape: tuple[int, ...] | None = None,
+    threshold: float = 0.5,
+    progress: bool = False,
+    blocks: list | None = None,
+) -> tuple[np.ndarray, FineGrid]:
     """Density of a fine-grid COO store (``pred.zarr`` / ``target.zarr``): sites with feats > ``threshold``,
     OR-ed over the tiles of each time block, counted over blocks.
 
@@ -122,8 +134,9 @@ def density_from_coo(path: str | Path, kind: str = "pred", shape: tuple[int, ...
     return _count_time_blocks(store, fine_sites, shape, f"render {kind}", progress, blocks), grid
 
 
-def _count_time_blocks(store: CooStore, fine_sites, shape: tuple[int, ...], desc: str, progress: bool,
-                       blocks: list | None) -> np.ndarray:  # fmt: skip
+def _count_time_blocks(
+    store: CooStore, fine_sites, shape: tuple[int, ...], desc: str, progress: bool, blocks: list | None
+) -> np.ndarray:
     """Fine sites of the tiles of each time block (``fine_sites(b)``: (K, D) fine indices of COO block b),
     OR-ed over the tiles and counted over time blocks: float32 map of ``shape``; with ``blocks``, each time
     block's marked pixels (flat indices) are appended to it."""
@@ -164,8 +177,11 @@ def _views(density: np.ndarray) -> list[tuple[str, np.ndarray, tuple[int, int]]]
     maximum intensity projections in 3D."""
     if density.ndim == 2:
         return [("", density, (0, 1))]
-    return [("MIP along y", density.max(axis=1), (0, 2)), ("MIP along x", density.max(axis=2), (0, 1)),
-            ("MIP along z", density.max(axis=0), (1, 2))]  # fmt: skip
+    return [
+        ("MIP along y", density.max(axis=1), (0, 2)),
+        ("MIP along x", density.max(axis=2), (0, 1)),
+        ("MIP along z", density.max(axis=0), (1, 2)),
+    ]
 
 
 AXIS_LABELS = {2: ("z, depth (um)", "x (um)"), 3: ("z, depth (um)", "y (um)", "x (um)")}
@@ -178,8 +194,16 @@ def nice_length(width_um: float) -> float:
     return float(max((m * power for m in (1, 2, 5)), key=lambda v: -abs(np.log(v / target))))
 
 
-def _panel(ax, image: np.ndarray, rows_cols: tuple[int, int], origin_um, spacing_um, dims: int, rcfg: dict, title: str,
-           ) -> None:  # fmt: skip
+def _panel(
+    ax,
+    image: np.ndarray,
+    rows_cols: tuple[int, int],
+    origin_um,
+    spacing_um,
+    dims: int,
+    rcfg: dict,
+    title: str,
+) -> None:
     """One image with world extents, colour bar and scale bar."""
     r, c = rows_cols
     o, s = np.asarray(origin_um, float), np.asarray(spacing_um, float)
@@ -194,13 +218,23 @@ def _panel(ax, image: np.ndarray, rows_cols: tuple[int, int], origin_um, spacing
     ax.set_title(title, fontsize=9)
     length = rcfg["scale_bar_um"] or nice_length(extent[1] - extent[0])
     font = font_manager.FontProperties(size=8)
-    bar = AnchoredSizeBar(ax.transData, length, f"{length:g} um", "lower right", pad=0.4, color="white", frameon=False,
-                          size_vertical=(extent[2] - extent[3]) / 100, fontproperties=font)  # fmt: skip
+    bar = AnchoredSizeBar(
+        ax.transData,
+        length,
+        f"{length:g} um",
+        "lower right",
+        pad=0.4,
+        color="white",
+        frameon=False,
+        size_vertical=(extent[2] - extent[3]) / 100,
+        fontproperties=font,
+    )
     ax.add_artist(bar)
 
 
-def plot_density(density: np.ndarray, origin_um, spacing_um, path: str | Path, rcfg: dict, title: str = "",
-                 caption: str = PASSAGES) -> None:  # fmt: skip
+def plot_density(
+    density: np.ndarray, origin_um, spacing_um, path: str | Path, rcfg: dict, title: str = "", caption: str = PASSAGES
+) -> None:
     """PNG of one map: the map in 2D, maximum intensity projections along y, x and z in 3D, with a
     colour bar (colour ~ density^gamma) and a scale bar.
 
@@ -221,8 +255,15 @@ def _caption(density: np.ndarray, rcfg: dict, caption: str) -> str:
     return f"fine grid {density.shape}, {caption}{gamma}"
 
 
-def plot_comparison(maps: dict[str, np.ndarray], origin_um, spacing_um, path: str | Path, rcfg: dict,
-                    scores: dict[str, str] | None = None, caption: str = PASSAGES) -> None:  # fmt: skip
+def plot_comparison(
+    maps: dict[str, np.ndarray],
+    origin_um,
+    spacing_um,
+    path: str | Path,
+    rcfg: dict,
+    scores: dict[str, str] | None = None,
+    caption: str = PASSAGES,
+) -> None:
     """Side-by-side PNG: one column per method (e.g. ground truth / conventional / network), one row
     per view (1 in 2D, 3 MIPs in 3D). ``scores`` adds a line under a method's name (e.g. its Dice)."""
     names = list(maps)
@@ -245,9 +286,17 @@ def plot_comparison(maps: dict[str, np.ndarray], origin_um, spacing_um, path: st
 PathLike = str | Path
 
 
-def render_all(tracks_path: PathLike, iq_path: PathLike, out_dir: PathLike, cfg: dict, loc_path: PathLike | None = None,
-               pred_path: PathLike | dict[str, PathLike] | None = None, progress: bool = True,
-               input_path: PathLike | None = None, comparison_path: PathLike | None = None) -> dict[str, Path]:  # fmt: skip
+def render_all(
+    tracks_path: PathLike,
+    iq_path: PathLike,
+    out_dir: PathLike,
+    cfg: dict,
+    loc_path: PathLike | None = None,
+    pred_path: PathLike | dict[str, PathLike] | None = None,
+    progress: bool = True,
+    input_path: PathLike | None = None,
+    comparison_path: PathLike | None = None,
+) -> dict[str, Path]:
     """The `ulm render` stage: ``out_dir/<method>.zarr`` and ``<method>.png`` for ground_truth,
     conventional (with ``loc_path``), network (with ``pred_path``, or one map per name of a
     ``{name: pred.zarr}`` dict) and trivial (with ``input_path``, the networks' sparse input: the trivial
@@ -265,8 +314,16 @@ def render_all(tracks_path: PathLike, iq_path: PathLike, out_dir: PathLike, cfg:
     if loc_path is not None:
         interp = cfg["conventional"]["interp_factor"]
         parts[CONVENTIONAL] = [] if rcfg["mode"] == "segments" else None
-        maps[CONVENTIONAL] = density_from_localizations(loc_path, factor, frames, rcfg["mode"], rcfg["include_untracked"], interp,
-                                                        progress=progress, blocks=parts[CONVENTIONAL])[0]  # fmt: skip
+        maps[CONVENTIONAL] = density_from_localizations(
+            loc_path,
+            factor,
+            frames,
+            rcfg["mode"],
+            rcfg["include_untracked"],
+            interp,
+            progress=progress,
+            blocks=parts[CONVENTIONAL],
+        )[0]
     preds = {NETWORK: pred_path} if isinstance(pred_path, PathLike) else dict(pred_path or {})
     for name, path in preds.items():  # one map per network (e.g. network-sparse, network-dense)
         parts[name] = []

@@ -35,8 +35,14 @@ def keep_mask(power: np.ndarray, method: str, tau: float, k: int) -> np.ndarray:
     raise UlmError(f"sparse.method {method!r}: expected threshold or topk")
 
 
-def sparsify_block(block: np.ndarray, method: str, tau: float, k: int, mask_net=None, learned_threshold: float = 0.5,
-                   ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+def sparsify_block(
+    block: np.ndarray,
+    method: str,
+    tau: float,
+    k: int,
+    mask_net=None,
+    learned_threshold: float = 0.5,
+) -> tuple[np.ndarray, np.ndarray]:
     """COO of one block: coords (N, 1 + D) int32 in (t, z, [y,] x) order and feats (N, 2) (Re, Im).
     ``learned`` keeps the sites where ``mask_net`` (ulm.nn.mask_net.MaskNet) predicts p > ``learned_threshold``."""
     power, scale = normalise(block)
@@ -85,7 +91,7 @@ def sparsify_iq(iq_path: str | Path, out_path: str | Path, cfg: dict, progress: 
             "threshold": {"tau": cfg["tau"]},
             "topk": {"k": cfg["topk_k"]},
             "learned": {"threshold": cfg["learned_threshold"], "checkpoint": cfg["mask_checkpoint"]},
-        }[method],  # fmt: skip
+        }[method],
         "normalisation": "feats = IQ / sqrt(max power of the block)",
         "sparse": cfg,
         "iq": {k: iq.attrs[k] for k in ("origin_um", "spacing_um", "wavelength_um", "frame_rate_hz") if k in iq.attrs}
@@ -147,8 +153,15 @@ def trade_off(
                 mask = power > v if learned else keep_mask(power, cfg["method"], float(v), int(v))
                 kept[j] += mask.sum()
                 hit[j] += mask[tuple(local.T)].sum() if len(local) else 0
-    return [{"method": cfg["method"], "parameter": float(v), "kept_fraction": kept[j] / total_sites,
-             "mb_fraction": hit[j] / max(total_mb, 1)} for j, v in enumerate(values)]  # fmt: skip
+    return [
+        {
+            "method": cfg["method"],
+            "parameter": float(v),
+            "kept_fraction": kept[j] / total_sites,
+            "mb_fraction": hit[j] / max(total_mb, 1),
+        }
+        for j, v in enumerate(values)
+    ]
 
 
 def _learned_mask(cfg: dict):

@@ -76,14 +76,31 @@ def summary_table(metrics_paths: list[str | Path], out_csv: str | Path, runs: li
         for method, value in sorted(m.get("dice", {}).items()):
             frc = m.get("frc", {}).get(f"{method}_vs_{m['reference']}", {})
             tolerant = m.get("tolerant", {}).get(method, {})
-            row = {"run": m["label"], "method": method, "dice": value,
-                   "dice_ci95": jackknife_interval(m.get("dice_loo", {}).get(method, [])), **tolerant,
-                   "frc_resolution_um": frc.get("resolution_um")}  # fmt: skip
+            row = {
+                "run": m["label"],
+                "method": method,
+                "dice": value,
+                "dice_ci95": jackknife_interval(m.get("dice_loo", {}).get(method, [])),
+                **tolerant,
+                "frc_resolution_um": frc.get("resolution_um"),
+            }
             if method == "conventional":
                 row.update({k: loc.get(k) for k in ("precision", "recall", "jaccard", "rmse_um")})
             rows.append(row)
-    fields = ["run", "method", "dice", "dice_ci95", "dice_tolerant", "precision_tolerant", "recall_tolerant", "frc_resolution_um",
-              "precision", "recall", "jaccard", "rmse_um"]  # fmt: skip
+    fields = [
+        "run",
+        "method",
+        "dice",
+        "dice_ci95",
+        "dice_tolerant",
+        "precision_tolerant",
+        "recall_tolerant",
+        "frc_resolution_um",
+        "precision",
+        "recall",
+        "jaccard",
+        "rmse_um",
+    ]
     write_csv(out_csv, rows, fields)
     return rows
 
@@ -135,12 +152,28 @@ def ablation_table(
         variants = {"full": full, **variants} if full is not None else variants
         for variant, value in variants.items():
             delta = value - full if full is not None else None
-            rows.append({"dims": m["dims"], "concentration": m["concentration"], "variant": variant,
-                         "change": ABLATION_CHANGE[variant], "dice": value, "dice_minus_full": delta,
-                         **costs.get((m["dims"], variant), {})})  # fmt: skip
+            rows.append(
+                {
+                    "dims": m["dims"],
+                    "concentration": m["concentration"],
+                    "variant": variant,
+                    "change": ABLATION_CHANGE[variant],
+                    "dice": value,
+                    "dice_minus_full": delta,
+                    **costs.get((m["dims"], variant), {}),
+                }
+            )
         if "conventional" in dice:
-            rows.append({"dims": m["dims"], "concentration": m["concentration"], "variant": "conventional",
-                         "change": "conventional ULM", "dice": dice["conventional"], "dice_minus_full": None})  # fmt: skip
+            rows.append(
+                {
+                    "dims": m["dims"],
+                    "concentration": m["concentration"],
+                    "variant": "conventional",
+                    "change": "conventional ULM",
+                    "dice": dice["conventional"],
+                    "dice_minus_full": None,
+                }
+            )
     fields = ["dims", "concentration", "variant", "change", "dice", "dice_minus_full", "train_seconds", "best_val_dice"]
     write_csv(out_csv, rows, fields)
     return rows
@@ -166,11 +199,21 @@ def plot_dice_vs_concentration(metrics_paths: list[str | Path], path: str | Path
                         per_method.setdefault(method, []).append((m["concentration"], value, half))
         for method, points in sorted(per_method.items()):
             points.sort()
-            ax.errorbar([p[0] for p in points], [p[1] for p in points], yerr=[p[2] for p in points], fmt="o-", capsize=3,
-                        ls=":" if method == "trivial" else "-", label=method.replace("_", " "))  # fmt: skip
-        ax.set(xlabel="MB concentration (MBs per frame)", ylabel="Dice vs ground truth (95 % jackknife interval)",
-               title=f"{dims}D test data",
-               ylim=(0, 1))  # fmt: skip
+            ax.errorbar(
+                [p[0] for p in points],
+                [p[1] for p in points],
+                yerr=[p[2] for p in points],
+                fmt="o-",
+                capsize=3,
+                ls=":" if method == "trivial" else "-",
+                label=method.replace("_", " "),
+            )
+        ax.set(
+            xlabel="MB concentration (MBs per frame)",
+            ylabel="Dice vs ground truth (95 % jackknife interval)",
+            title=f"{dims}D test data",
+            ylim=(0, 1),
+        )
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     save_figure(fig, path)
@@ -216,8 +259,13 @@ def plot_tradeoff(csv_paths: list[str | Path], path: str | Path) -> None:
                 chosen = [(a, b) for a, b, r in zip(x, y, curve, strict=True) if r["configured"] == "True"]
                 if chosen:
                     ax.plot(*zip(*chosen, strict=True), "o", color=colours[method])
-        ax.set(xscale="log", xlabel="fraction of sites kept", ylabel="fraction of MB sites kept", ylim=(0, 1.02),
-               title=f"{dims.upper()} test data (dots: configured)")  # fmt: skip
+        ax.set(
+            xscale="log",
+            xlabel="fraction of sites kept",
+            ylabel="fraction of MB sites kept",
+            ylim=(0, 1.02),
+            title=f"{dims.upper()} test data (dots: configured)",
+        )
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     save_figure(fig, path)

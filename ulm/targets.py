@@ -29,8 +29,14 @@ def make_targets(tracks_path: str | Path, iq_path: str | Path, out_path: str | P
     origin, spacing = fine_grid(iq.attrs["origin_um"], iq.attrs["spacing_um"], f)
     frames = tiling.block_shape[0]
     fine_tile = tuple(f * n for n in tiling.block_shape[1:])
-    attrs = {"factor": f, "origin_um": origin.tolist(), "spacing_um": spacing.tolist(), "block_shape": list(tiling.block_shape),
-             "fine_block_shape": list(fine_tile), "sparse": cfg}  # fmt: skip
+    attrs = {
+        "factor": f,
+        "origin_um": origin.tolist(),
+        "spacing_um": spacing.tolist(),
+        "block_shape": list(tiling.block_shape),
+        "fine_block_shape": list(fine_tile),
+        "sparse": cfg,
+    }
     with CooWriter(out_path, dims, 1, attrs, kind="target") as writer:
         for t0 in progress_log(tiling.time_blocks(), unit="block", desc="targets", enabled=progress):
             pos, rel = tracks.frames(t0, t0 + frames)

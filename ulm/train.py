@@ -44,8 +44,9 @@ class Inputs:
     device: torch.device
     dense: list[DenseBlocks] | None = None
 
-    def run(self, net: ULMNet, batch: dict, phase: int, dilated: bool = False,
-            predict: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:  # fmt: skip
+    def run(
+        self, net: ULMNet, batch: dict, phase: int, dilated: bool = False, predict: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Loss, and with ``predict`` (at the whole network's phase) the binarised prediction's (M, 1 + D) sites."""
         target = batch["target_indices"].to(self.device).long()
         if self.model == "dense":
@@ -54,8 +55,9 @@ class Inputs:
         else:
             import spconv.pytorch as spconv
 
-            x = spconv.SparseConvTensor(batch["features"].to(self.device), batch["indices"].to(self.device),
-                                        list(self.padded), batch["batch_size"])  # fmt: skip
+            x = spconv.SparseConvTensor(
+                batch["features"].to(self.device), batch["indices"].to(self.device), list(self.padded), batch["batch_size"]
+            )
             levels = net(x, phase=phase)
         loss = network_loss(levels, target, self.spec, phase, dilated)
         pred = prediction(levels[-1])[0] if predict and phase == N_HR_STAGES else None
@@ -119,8 +121,9 @@ def dice_counts(pred: torch.Tensor, target: torch.Tensor) -> np.ndarray:
     return np.array([len(p & g), len(p), len(g)], dtype=np.int64)
 
 
-def train(sparse_paths, target_paths, out_path: str | Path, cfg: dict, seed: int, iq_paths=None,
-          progress: bool = True) -> tuple[list[dict], float]:  # fmt: skip
+def train(
+    sparse_paths, target_paths, out_path: str | Path, cfg: dict, seed: int, iq_paths=None, progress: bool = True
+) -> tuple[list[dict], float]:
     """Train and write ``out_path`` (best checkpoint), ``last.pt``, ``metrics.csv`` and ``train.png`` beside it.
     Paths may be one store each or lists of stores (then ``iq_paths`` lists their IQ for the dense model).
     Returns the per-epoch rows (epoch 0: untrained) and the validation Dice of the trivial predictor."""
@@ -152,21 +155,51 @@ def setup(sparse_paths, target_paths, folder: Path, cfg: dict, seed: int, iq_pat
     folder.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    loader = DataLoader(train_set, batch_size=cfg["batch_size"], shuffle=True, generator=gen, collate_fn=collate_tagged,
-                        num_workers=cfg["num_workers"])  # fmt: skip
+    loader = DataLoader(
+        train_set,
+        batch_size=cfg["batch_size"],
+        shuffle=True,
+        generator=gen,
+        collate_fn=collate_tagged,
+        num_workers=cfg["num_workers"],
+    )
     val_loader = DataLoader(val_set, batch_size=cfg["batch_size"], collate_fn=collate_tagged)
     net = build_net(spec, device)
     plan = schedule.phases(cfg, spec)
-    print(f"train: {cfg['model']} {spec.dims}D+t network, {n_parameters(net):,} parameters, {len(train_set)} training and "
-          f"{len(val_set)} validation blocks from {len(stores)} store(s), {schedule.total_epochs(plan)} epochs in "
-          f"{len(plan)} phase(s), device {device}", flush=True)  # fmt: skip
-    meta = {"architecture": ARCHITECTURE, "spec": spec.as_dict(), "model_kind": cfg["model"], "block_shape": list(block_shape),
-            "factor": stores[0].factor, "n_params": n_parameters(net), "train_config": cfg,
-            "trivial_val_dice": trivial_dice(val_loader, stores[0].factor)}  # fmt: skip
+    print(
+        f"train: {cfg['model']} {spec.dims}D+t network, {n_parameters(net):,} parameters, {len(train_set)} training and "
+        f"{len(val_set)} validation blocks from {len(stores)} store(s), {schedule.total_epochs(plan)} epochs in "
+        f"{len(plan)} phase(s), device {device}",
+        flush=True,
+    )
+    meta = {
+        "architecture": ARCHITECTURE,
+        "spec": spec.as_dict(),
+        "model_kind": cfg["model"],
+        "block_shape": list(block_shape),
+        "factor": stores[0].factor,
+        "n_params": n_parameters(net),
+        "train_config": cfg,
+        "trivial_val_dice": trivial_dice(val_loader, stores[0].factor),
+    }
     run_key = _run_key(cfg, seed, stores, iq_paths if cfg["model"] == "dense" else [])
     inputs = Inputs(spec, cfg["model"], padded, device, dense)
-    return TrainRun(folder, stores, spec, device, gen, loader, val_loader, net, inputs, plan, cfg["lr_milestones"],
-                    cfg["lr_gamma"], meta, run_key)
+    return TrainRun(
+        folder,
+        stores,
+        spec,
+        device,
+        gen,
+        loader,
+        val_loader,
+        net,
+        inputs,
+        plan,
+        cfg["lr_milestones"],
+        cfg["lr_gamma"],
+        meta,
+        run_key,
+    )
 
 
 def start(run: TrainRun, resume: bool) -> TrainState:
@@ -200,16 +233,27 @@ def run_epoch(run: TrainRun, state: TrainState, epoch: int) -> dict:
     if row["val_dice"] > state.best_dice:  # NaN (a cascaded stage without output) never is
         state.best_dice, state.best_epoch = row["val_dice"], epoch
         state.best_model = {k: v.detach().clone() for k, v in run.net.state_dict().items()}
-    print(f"train: epoch {epoch}/{run.total_epochs} phase {i} lr {lr:.2g} loss {loss:.4f} "
-          f"val Dice {row['val_dice']:.3f} ({row['seconds']:.1f} s)", flush=True)  # fmt: skip
+    print(
+        f"train: epoch {epoch}/{run.total_epochs} phase {i} lr {lr:.2g} loss {loss:.4f} "
+        f"val Dice {row['val_dice']:.3f} ({row['seconds']:.1f} s)",
+        flush=True,
+    )
     return row
 
 
 def save_last(run: TrainRun, state: TrainState) -> None:
     """last.pt: everything needed to resume after ``state.epoch``, written at once (outside the stage's transaction)."""
-    ckpt = {**run.meta, "state": state.saved(), "model": run.net.state_dict(), "best_model": state.best_model,
-            "optimizer": run.opt.state_dict(), "scheduler": run.sched.state_dict(), "torch_rng": torch.get_rng_state(),
-            "loader_rng": run.gen.get_state(), "run_key": run.run_key}
+    ckpt = {
+        **run.meta,
+        "state": state.saved(),
+        "model": run.net.state_dict(),
+        "best_model": state.best_model,
+        "optimizer": run.opt.state_dict(),
+        "scheduler": run.sched.state_dict(),
+        "torch_rng": torch.get_rng_state(),
+        "loader_rng": run.gen.get_state(),
+        "run_key": run.run_key,
+    }
     save_torch(stamp(ckpt), run.folder / "last.pt", now=True)
 
 
@@ -226,8 +270,9 @@ def finish(run: TrainRun, state: TrainState, out_path: Path) -> None:
     plot_training(state.rows, run.folder / "train.png")
 
 
-def _resume(last: Path, run_key: dict[str, str], net: ULMNet, gen: torch.Generator,
-            resume: bool) -> tuple[TrainState, dict | None]:
+def _resume(
+    last: Path, run_key: dict[str, str], net: ULMNet, gen: torch.Generator, resume: bool
+) -> tuple[TrainState, dict | None]:
     """(state, optimizer + scheduler states) from ``last`` when it belongs to this run; the network's weights
     and the random generators are restored from it too."""
     if not (resume and last.exists()):
@@ -269,8 +314,10 @@ def _run_key(cfg: dict, seed: int, stores: list[SparseBlocks], iq_paths=()) -> d
     seed) and ``data`` (the content digests the writers recorded in the training stores)."""
     relevant = {k: v for k, v in cfg.items() if k not in ("device", "num_workers", "resume", "threads", "gpus")}
     paths = [p for s in stores for p in (s.sparse_path, s.target_path)] + as_paths(iq_paths or [])
-    return {"config": hashlib.sha256(json.dumps([relevant, seed], sort_keys=True, default=str).encode()).hexdigest(),
-            "data": hashlib.sha256(" ".join(store_digest(p) for p in paths).encode()).hexdigest()}  # fmt: skip
+    return {
+        "config": hashlib.sha256(json.dumps([relevant, seed], sort_keys=True, default=str).encode()).hexdigest(),
+        "data": hashlib.sha256(" ".join(store_digest(p) for p in paths).encode()).hexdigest(),
+    }
 
 
 @torch.no_grad()
@@ -303,5 +350,12 @@ def trivial_dice(loader: DataLoader, factor: int) -> float:
 
 
 def _row(epoch: int, phase: int, train_loss: float, val_loss: float, val_dice: float, lr: float, seconds: float = 0.0) -> dict:
-    return {"epoch": epoch, "phase": phase, "lr": lr, "train_loss": train_loss, "val_loss": val_loss, "val_dice": val_dice,
-            "seconds": seconds}  # fmt: skip
+    return {
+        "epoch": epoch,
+        "phase": phase,
+        "lr": lr,
+        "train_loss": train_loss,
+        "val_loss": val_loss,
+        "val_dice": val_dice,
+        "seconds": seconds,
+    }

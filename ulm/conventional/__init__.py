@@ -44,7 +44,21 @@ from ulm.conventional.track import INFEASIBLE, Tracker, link, max_step_um, track
 from ulm.imaging.raster import interpolate_tracks
 
 __all__ = [
-    "INFEASIBLE", "LOCALIZERS", "MAX_OFFSET_PX", "THRESHOLD_MODES", "Tracker", "as_volume", "detect", "frame_thresholds",
-    "index_to_world", "interpolate_tracks", "link", "localize", "localize_block", "localize_iq", "max_step_um", "noise_level",
+    "INFEASIBLE",
+    "LOCALIZERS",
+    "MAX_OFFSET_PX",
+    "THRESHOLD_MODES",
+    "Tracker",
+    "as_volume",
+    "detect",
+    "frame_thresholds",
+    "index_to_world",
+    "interpolate_tracks",
+    "link",
+    "localize",
+    "localize_block",
+    "localize_iq",
+    "max_step_um",
+    "noise_level",
     "track_mapping",
 ]

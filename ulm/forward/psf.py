@@ -175,8 +175,17 @@ def render_psf(table: PsfTable, grid: Grid, pos_xyz: np.ndarray, amp: np.ndarray
         order = np.argsort(frame, kind="stable")
         offsets = np.concatenate([[0], np.cumsum(np.bincount(frame, minlength=n_frames))]).astype(np.int64)
         _render(
-            np.ascontiguousarray(np.asarray(pos_xyz)[order], np.float64), np.asarray(amp, np.float64)[order], offsets,
-            table.depth_um, table.amp, table.phase, table.fwhm_um * FWHM_TO_SIGMA, table.k_z, table.k_x,
-            grid.origin_um, grid.spacing_um, out,
-        )  # fmt: skip
+            np.ascontiguousarray(np.asarray(pos_xyz)[order], np.float64),
+            np.asarray(amp, np.float64)[order],
+            offsets,
+            table.depth_um,
+            table.amp,
+            table.phase,
+            table.fwhm_um * FWHM_TO_SIGMA,
+            table.k_z,
+            table.k_x,
+            grid.origin_um,
+            grid.spacing_um,
+            out,
+        )
     return out

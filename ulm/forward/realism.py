@@ -12,8 +12,9 @@ def add_noise(block: np.ndarray, snr_db: float, rng: np.random.Generator) -> np.
     return block + (noise[0] + 1j * noise[1]).astype(np.complex64)
 
 
-def clutter_scatterers(extent_xyz: np.ndarray, cell_um: np.ndarray, density: float, rng: np.random.Generator,
-                       dims: int) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+def clutter_scatterers(
+    extent_xyz: np.ndarray, cell_um: np.ndarray, density: float, rng: np.random.Generator, dims: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Static tissue scatterers: uniform over ``extent_xyz`` (3, 2) grown by one cell, ``density`` per
     resolution cell (``cell_um`` = FWHM along x, y, z), Gaussian amplitudes."""
     lo, hi = extent_xyz[:, 0] - cell_um, extent_xyz[:, 1] + cell_um

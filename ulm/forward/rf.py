@@ -80,9 +80,20 @@ def simulate_rf(probe: Probe, scat_xyz: np.ndarray, amp: np.ndarray, t0: float, 
     alpha = probe.attenuation_db_cm_mhz * probe.f0_hz / 1e6 * np.log(10) / 20 / 1e4  # Np/um
     spreading = 1.0 if probe.dims == 3 else 0.5
     _rf_kernel(
-        scat, np.asarray(amp, np.float64), probe.elements_um, _tx_delays(probe, scat), probe.c_m_s * 1e6, probe.f0_hz,
-        probe.sigma_t_s, probe.fs_hz, t0, probe.element_width_um / probe.wavelength_um, spreading, alpha, out,
-    )  # fmt: skip
+        scat,
+        np.asarray(amp, np.float64),
+        probe.elements_um,
+        _tx_delays(probe, scat),
+        probe.c_m_s * 1e6,
+        probe.f0_hz,
+        probe.sigma_t_s,
+        probe.fs_hz,
+        t0,
+        probe.element_width_um / probe.wavelength_um,
+        spreading,
+        alpha,
+        out,
+    )
     return out
 
 
@@ -132,9 +143,20 @@ def beamform(iq_channels: np.ndarray, probe: Probe, t0: float, points_xyz: np.nd
     """(P,) complex64 delay-and-sum image at ``points_xyz`` (um), angles coherently compounded."""
     out = np.zeros(len(points_xyz), np.complex64)
     _das_kernel(
-        iq_channels, probe.elements_um, probe.angles_rad, probe.centre_um, probe.face_z_um, probe.c_m_s * 1e6, probe.f0_hz,
-        probe.fs_hz, t0, probe.f_number, APODIZATIONS[probe.apodization], np.ascontiguousarray(points_xyz, np.float64), out,
-    )  # fmt: skip
+        iq_channels,
+        probe.elements_um,
+        probe.angles_rad,
+        probe.centre_um,
+        probe.face_z_um,
+        probe.c_m_s * 1e6,
+        probe.f0_hz,
+        probe.fs_hz,
+        t0,
+        probe.f_number,
+        APODIZATIONS[probe.apodization],
+        np.ascontiguousarray(points_xyz, np.float64),
+        out,
+    )
     return out
 
 

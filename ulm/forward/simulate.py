@@ -161,7 +161,7 @@ def simulate_iq(
         "probe": {
             **{k: v for k, v in cfg["probe"].items() if k not in ("linear", "matrix")},
             **cfg["probe"]["linear" if dims == 2 else "matrix"],
-        },  # fmt: skip
+        },
         "mode": model.mode,
         "dims": dims,
         "forward": fcfg,

@@ -73,8 +73,10 @@ def check_tracks_cover(tracks, tiling: Tiling, iq_path: str | Path) -> None:
     the iq data they should describe."""
     needed = tiling.time_blocks()[-1] + tiling.block_shape[0]
     if tracks.n_frames < needed:
-        raise UlmError(f"tracks store {tracks.path} has {tracks.n_frames} frames, but the blocks of {iq_path} need {needed}: "
-                       "were they made from the same run?")  # fmt: skip
+        raise UlmError(
+            f"tracks store {tracks.path} has {tracks.n_frames} frames, but the blocks of {iq_path} need {needed}: "
+            "were they made from the same run?"
+        )
 
 
 # ----------------------------------------------------------------------------------------- blocks

@@ -22,6 +22,7 @@ from ulm.store import Localizations, read_localizations
 
 GROUND_TRUTH, CONVENTIONAL, NETWORK, TRIVIAL = "ground_truth", "conventional", "network", "trivial"  # density store names
 
+
 @dataclass(frozen=True)
 class FineGrid:
     """The fine grid: ``origin_um``, ``spacing_um`` (D,) in array order, ``shape`` (D,), ``factor``."""
@@ -42,8 +43,12 @@ class FineGrid:
 
     def attrs(self, method: str) -> dict:
         """Attrs of a ``density/<method>.zarr`` store."""
-        return {"origin_um": self.origin_um.tolist(), "spacing_um": self.spacing_um.tolist(), "factor": self.factor,
-                "method": method}  # fmt: skip
+        return {
+            "origin_um": self.origin_um.tolist(),
+            "spacing_um": self.spacing_um.tolist(),
+            "factor": self.factor,
+            "method": method,
+        }
 
     def volume_index(self, pos_um: np.ndarray) -> np.ndarray:
         """(K, 3) fractional fine index (z, y, x) of world positions (K, 3) um; y = 0 in 2D."""
@@ -98,9 +103,17 @@ def _point_counts(index: np.ndarray, grid: FineGrid) -> np.ndarray:
     return count
 
 
-def density_from_localizations(loc: str | Path | Localizations, factor: int, block_frames: int, mode: str = "segments",
-                               include_untracked: bool = True, interp_factor: int = 1, select: np.ndarray | None = None,
-                               progress: bool = False, blocks: list | None = None) -> tuple[np.ndarray, FineGrid]:  # fmt: skip
+def density_from_localizations(
+    loc: str | Path | Localizations,
+    factor: int,
+    block_frames: int,
+    mode: str = "segments",
+    include_untracked: bool = True,
+    interp_factor: int = 1,
+    select: np.ndarray | None = None,
+    progress: bool = False,
+    blocks: list | None = None,
+) -> tuple[np.ndarray, FineGrid]:
     """Conventional ULM density on the fine grid of the localizations' iq grid.
 
     Parameters

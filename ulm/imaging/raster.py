@@ -72,8 +72,9 @@ def segments(pos_index: np.ndarray, frame: np.ndarray, bubble: np.ndarray) -> tu
     return starts, ends
 
 
-def track_segments(index: np.ndarray, frame: np.ndarray, track: np.ndarray, include_untracked: bool = True
-                   ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+def track_segments(
+    index: np.ndarray, frame: np.ndarray, track: np.ndarray, include_untracked: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
     """Segments between consecutive localizations (by frame) of each track, and untracked points.
 
     Parameters
@@ -97,8 +98,9 @@ def track_segments(index: np.ndarray, frame: np.ndarray, track: np.ndarray, incl
     return np.concatenate([p[:-1][linked], p[alone]]), np.concatenate([p[1:][linked], p[alone]])
 
 
-def interpolate_tracks(frame: np.ndarray, pos_um: np.ndarray, track: np.ndarray, factor: int
-                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
+def interpolate_tracks(
+    frame: np.ndarray, pos_um: np.ndarray, track: np.ndarray, factor: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Linear interpolation of every track onto a ``factor`` x finer time step (for point rendering).
 
     Between consecutive localizations of one track (frames f0 < f1), ``factor * (f1 - f0) - 1`` points

@@ -10,8 +10,9 @@ def _quiet_dependencies() -> None:
     imported: every module here that imports it is below this package). Only these messages, from these
     modules: our own warnings, and any other, still show."""
     # spconv.pytorch.functional decorates with torch.cuda.amp.custom_fwd/custom_bwd (deprecated): 8 warnings per import
-    warnings.filterwarnings("ignore", r"`torch\.cuda\.amp\.custom_(fwd|bwd)\(args\.\.\.\)` is deprecated",
-                            FutureWarning, r"spconv\.")  # fmt: skip
+    warnings.filterwarnings(
+        "ignore", r"`torch\.cuda\.amp\.custom_(fwd|bwd)\(args\.\.\.\)` is deprecated", FutureWarning, r"spconv\."
+    )
     # ccimport (spconv's build helper) calls locale.getdefaultlocale: shown under -W error or pytest
     warnings.filterwarnings("ignore", r"'locale\.getdefaultlocale' is deprecated", DeprecationWarning, r"ccimport\.")
 

@@ -36,8 +36,14 @@ def build_net(spec: NetSpec, device: torch.device) -> ULMNet:
 
 def spec_from_config(cfg: dict, dims: int) -> NetSpec:
     """The network of the ``train`` config section for ``dims`` (2 or 3) spatial dimensions."""
-    return NetSpec(dims=dims, width=cfg["width"], prune=cfg["prune"], prune_threshold=cfg["prune_threshold"],
-                   deep_supervision=cfg["deep_supervision"], cascaded=cfg["cascaded"])  # fmt: skip
+    return NetSpec(
+        dims=dims,
+        width=cfg["width"],
+        prune=cfg["prune"],
+        prune_threshold=cfg["prune_threshold"],
+        deep_supervision=cfg["deep_supervision"],
+        cascaded=cfg["cascaded"],
+    )
 
 
 def stamp(ckpt: dict) -> dict:
@@ -62,6 +68,7 @@ def load_checkpoint(path: str | Path, device: torch.device) -> tuple[ULMNet, dic
         net = build_net(NetSpec(**ckpt["spec"]), device)
         net.load_state_dict(ckpt["model"])
     except (KeyError, TypeError, RuntimeError, UlmError) as exc:  # RuntimeError: shapes
-        raise UlmError(f"checkpoint {path}: weights do not fit the network ({type(exc).__name__}: "
-                       f"{str(exc).splitlines()[0][:120]})") from None  # fmt: skip
+        raise UlmError(
+            f"checkpoint {path}: weights do not fit the network ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})"
+        ) from None
     return net.eval(), ckpt

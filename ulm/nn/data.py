@@ -27,8 +27,10 @@ class SparseBlocks(Dataset):
         self.sparse_path, self.target_path = Path(sparse_path), target_path and Path(target_path)
         first = CooStore(self.sparse_path, "sparse")  # validate now, in the parent process
         if first._feats.shape[1] != 2 or "block_shape" not in first.attrs:
-            raise UlmError(f"{self.sparse_path}: expected a sparse store with 2 feature channels (Re, Im) and attr block_shape, "
-                           f"got {first._feats.shape[1]} channels")  # fmt: skip
+            raise UlmError(
+                f"{self.sparse_path}: expected a sparse store with 2 feature channels (Re, Im) and attr block_shape, "
+                f"got {first._feats.shape[1]} channels"
+            )
         self.block_shape = tuple(first.attrs["block_shape"])
         self.origins = first.origin
         self._n = len(first)
@@ -148,5 +150,8 @@ class TaggedBlocks(Dataset):
 
 def collate_tagged(items: list[dict]) -> dict:
     """:func:`collate_sparse` of :class:`TaggedBlocks` items, with their ``store`` and ``block`` (B,) indices."""
-    return {**collate_sparse(items), "store": torch.tensor([it["store"] for it in items]),
-            "block": torch.tensor([it["block"] for it in items])}  # fmt: skip
+    return {
+        **collate_sparse(items),
+        "store": torch.tensor([it["store"] for it in items]),
+        "block": torch.tensor([it["block"] for it in items]),
+    }

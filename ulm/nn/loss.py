@@ -70,8 +70,9 @@ def level_loss(level: Tensor, target: torch.Tensor, scale: int) -> torch.Tensor:
     return soft_dice(torch.sigmoid(logits), hit, len(coarse))
 
 
-def network_loss(levels: list[Tensor], target: torch.Tensor, spec: NetSpec, phase: int = N_HR_STAGES,
-                 dilated: bool = False) -> torch.Tensor:  # fmt: skip
+def network_loss(
+    levels: list[Tensor], target: torch.Tensor, spec: NetSpec, phase: int = N_HR_STAGES, dilated: bool = False
+) -> torch.Tensor:
     """Mean Dice loss over the supervised levels; ``dilated``: the output's target dilated by 3^d."""
     scales = level_scales(len(levels), phase)
     losses = []

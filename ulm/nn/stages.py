@@ -99,8 +99,9 @@ class HRTransition(nn.Module):
     """One x2 high-resolution stage; with ``classifier``, a k3 classifier (with bias) on its input
     whose probability prunes the input sites when ``prune_threshold`` is set."""
 
-    def __init__(self, width: int, dims: int, in_key: str, key: str, algo: ConvAlgo | None, classifier: bool,
-                 prune_threshold: float | None):  # fmt: skip
+    def __init__(
+        self, width: int, dims: int, in_key: str, key: str, algo: ConvAlgo | None, classifier: bool, prune_threshold: float | None
+    ):
         super().__init__()
         self.classifier = Conv(width, 1, 3, dims + 1, in_key, algo, bias=True) if classifier else None
         self.prune_threshold = prune_threshold

@@ -91,8 +91,11 @@ def store_digest(path: str | Path) -> str:
 
 
 def _chunk_digests(root: Path) -> dict[str, str]:
-    return {f.relative_to(root).as_posix(): hashlib.sha256(f.read_bytes()).hexdigest() for f in sorted(root.rglob("*"))
-            if f.is_file() and f.name != ".snakemake_timestamp"}  # fmt: skip
+    return {
+        f.relative_to(root).as_posix(): hashlib.sha256(f.read_bytes()).hexdigest()
+        for f in sorted(root.rglob("*"))
+        if f.is_file() and f.name != ".snakemake_timestamp"
+    }
 
 
 def _check_manifest(path: Path, kind: str, attrs: dict) -> None:
@@ -107,8 +110,10 @@ def _check_manifest(path: Path, kind: str, attrs: dict) -> None:
         (n_files, n_bytes), files = expected, present.get(name, [])
         found = sum(f.stat().st_size for f in files)
         if len(files) != n_files or found != n_bytes:
-            raise UlmError(f"{kind} store {path}: array {name} has {len(files)} chunk files of {found} bytes, its writer "
-                           f"left {n_files} of {n_bytes} bytes (damaged store: rerun the stage that wrote it)")  # fmt: skip
+            raise UlmError(
+                f"{kind} store {path}: array {name} has {len(files)} chunk files of {found} bytes, its writer "
+                f"left {n_files} of {n_bytes} bytes (damaged store: rerun the stage that wrote it)"
+            )
 
 
 def _open(path: str | Path, kind: str, arrays: tuple[str, ...]) -> zarr.Group:
@@ -140,8 +145,15 @@ def store_kind(path: str | Path) -> str | None:
         kind = group.attrs.get("ulm_kind")
         if kind in STORE_KINDS:
             return kind
-        layouts = {"graph": GRAPH_ARRAYS, "flow": FLOW_ARRAYS, "tracks": TRACK_ARRAYS, "iq": ("iq",),
-                   "sparse": COO_ARRAYS, "localizations": LOC_ARRAYS, "density": ("density",)}  # fmt: skip
+        layouts = {
+            "graph": GRAPH_ARRAYS,
+            "flow": FLOW_ARRAYS,
+            "tracks": TRACK_ARRAYS,
+            "iq": ("iq",),
+            "sparse": COO_ARRAYS,
+            "localizations": LOC_ARRAYS,
+            "density": ("density",),
+        }
         return next((k for k, arrays in layouts.items() if all(a in group for a in arrays)), None)
     except Exception:  # anything zarr cannot open is not one of ours
         return None

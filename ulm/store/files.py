@@ -87,8 +87,9 @@ def remove_path(path: Path) -> None:
 
 
 # --------------------------------------------------------------------------- one writer per file kind
-def write_csv(path: str | Path, rows: Iterable[Mapping], fieldnames: Sequence[str] | None = None,
-              extrasaction: str = "raise") -> None:  # fmt: skip
+def write_csv(
+    path: str | Path, rows: Iterable[Mapping], fieldnames: Sequence[str] | None = None, extrasaction: str = "raise"
+) -> None:
     """A CSV table, written atomically: a header of ``fieldnames`` (default: the first row's keys), then one
     line per row (``csv.DictWriter``; ``extrasaction="ignore"`` drops keys that are not columns)."""
     rows = list(rows)

@@ -55,8 +55,6 @@ class Graph:
         return np.bincount(self.edges.ravel(), minlength=self.n_nodes)
 
 
-
-
 def write_graph(path: str | Path, graph: Graph, attrs: dict | None = None) -> None:
     """Write ``graph.zarr`` atomically."""
     with _store(path, "graph", {**graph.attrs, **(attrs or {})}) as g:
@@ -138,8 +136,6 @@ class Flow:
     attrs: dict = field(default_factory=dict)
 
 
-
-
 def write_flow(path: str | Path, flow: Flow, attrs: dict | None = None) -> None:
     """Write ``flow.zarr`` atomically."""
     with _store(path, "flow", {**flow.attrs, **(attrs or {})}) as g:
@@ -163,6 +159,8 @@ def read_flow(path: str | Path, graph: Graph | None = None, graph_path: str | Pa
     if flow.flow_um3_s.shape != flow.v_mean_mm_s.shape:
         raise UlmError(f"flow store {path}: {len(flow.flow_um3_s)} edge flows but {len(flow.v_mean_mm_s)} edge velocities")
     if graph is not None and (len(flow.flow_um3_s), len(flow.pressure_mmHg)) != (len(graph.edges), graph.n_nodes):
-        raise UlmError(f"flow store {path}: {len(flow.flow_um3_s)} edges and {len(flow.pressure_mmHg)} nodes, but graph "
-                       f"{graph_path or 'store'} has {len(graph.edges)} and {graph.n_nodes}: from another graph?")  # fmt: skip
+        raise UlmError(
+            f"flow store {path}: {len(flow.flow_um3_s)} edges and {len(flow.pressure_mmHg)} nodes, but graph "
+            f"{graph_path or 'store'} has {len(graph.edges)} and {graph.n_nodes}: from another graph?"
+        )
     return flow

@@ -60,7 +60,11 @@ class IqWriter(_StreamingStore):
         )
         n_blocks = -(-self._shape[0] // chunks[0])
         self._parts = group.create_array(
-            POWER_PARTS, shape=(n_blocks, *grid), dtype="f8", chunks=(1, *grid), compressors=COMPRESSOR,
+            POWER_PARTS,
+            shape=(n_blocks, *grid),
+            dtype="f8",
+            chunks=(1, *grid),
+            compressors=COMPRESSOR,
             dimension_names=(BLOCK, *space),
         )
 
@@ -158,14 +162,18 @@ def read_iq(path: str | Path) -> Iq:
     arr, attrs = g["iq"], g.attrs.asdict()
     missing = [k for k in IQ_ATTRS if k not in attrs]
     if arr.ndim not in (3, 4) or arr.dtype != np.complex64 or missing:
-        raise UlmError(f"iq store {path}: expected complex64 (T, Z, X) or (T, Z, Y, X) with attrs {list(IQ_ATTRS)}; "
-                       f"got {arr.dtype} {arr.shape}, missing attrs {missing}")  # fmt: skip
+        raise UlmError(
+            f"iq store {path}: expected complex64 (T, Z, X) or (T, Z, Y, X) with attrs {list(IQ_ATTRS)}; "
+            f"got {arr.dtype} {arr.shape}, missing attrs {missing}"
+        )
     for key in ("origin_um", "spacing_um"):
         value = attrs[key]
         ok = isinstance(value, list) and len(value) == arr.ndim - 1 and all(isinstance(v, int | float) for v in value)
         if not ok or not np.all(np.isfinite(value)) or (key == "spacing_um" and min(value) <= 0):
-            raise UlmError(f"iq store {path}: attr {key} must be {arr.ndim - 1} finite numbers (um)"
-                           f"{', all positive' if key == 'spacing_um' else ''}, got {value}")  # fmt: skip
+            raise UlmError(
+                f"iq store {path}: attr {key} must be {arr.ndim - 1} finite numbers (um)"
+                f"{', all positive' if key == 'spacing_um' else ''}, got {value}"
+            )
     for key in ("f0_hz", "wavelength_um", "frame_rate_hz"):
         value = attrs[key]
         if isinstance(value, bool) or not isinstance(value, int | float) or not np.isfinite(value) or value <= 0:
@@ -180,8 +188,9 @@ class CooWriter(_StreamingStore):
     """``sparse.zarr`` / ``target.zarr`` / ``pred.zarr``: COO sites appended block by block, so block b
     is rows [block_offsets[b], block_offsets[b+1]) and ``block_origin[b]`` its first iq index."""
 
-    def __init__(self, path: str | Path, n_coords: int, n_feats: int, attrs: dict, chunk_rows: int = 1 << 14,
-                 kind: str = "sparse"):  # fmt: skip
+    def __init__(
+        self, path: str | Path, n_coords: int, n_feats: int, attrs: dict, chunk_rows: int = 1 << 14, kind: str = "sparse"
+    ):
         if kind not in ("sparse", "target", "pred"):
             raise ValueError(f"COO store kind {kind!r}: expected sparse, target or pred")
         super().__init__(path, attrs)
@@ -193,11 +202,19 @@ class CooWriter(_StreamingStore):
     def _create(self) -> None:
         rows = self._chunk_rows
         self._coords = self._group.create_array(
-            "coords", shape=(0, self._n_coords), dtype="i4", chunks=(rows, self._n_coords), compressors=COMPRESSOR,
+            "coords",
+            shape=(0, self._n_coords),
+            dtype="i4",
+            chunks=(rows, self._n_coords),
+            compressors=COMPRESSOR,
             dimension_names=(SITE, SITE_AXIS),
         )
         self._feats = self._group.create_array(
-            "feats", shape=(0, self._n_feats), dtype="f4", chunks=(rows, self._n_feats), compressors=COMPRESSOR,
+            "feats",
+            shape=(0, self._n_feats),
+            dtype="f4",
+            chunks=(rows, self._n_feats),
+            compressors=COMPRESSOR,
             dimension_names=(SITE, FEATURE),
         )
 
@@ -333,8 +350,10 @@ def read_density(path: str | Path) -> Density:
     arr, attrs = g["density"], g.attrs.asdict()
     missing = [k for k in DENSITY_ATTRS if k not in attrs]
     if arr.ndim not in (2, 3) or arr.dtype.kind != "f" or missing:
-        raise UlmError(f"density store {path}: expected a float (Z, X) or (Z, Y, X) map with attrs {list(DENSITY_ATTRS)}; "
-                       f"got {arr.dtype} {arr.shape}, missing attrs {missing}")  # fmt: skip
+        raise UlmError(
+            f"density store {path}: expected a float (Z, X) or (Z, Y, X) map with attrs {list(DENSITY_ATTRS)}; "
+            f"got {arr.dtype} {arr.shape}, missing attrs {missing}"
+        )
     blocks = None
     if "block_offsets" in g and "block_sites" in g:
         offsets, sites = g["block_offsets"][:], g["block_sites"][:]

@@ -133,8 +133,10 @@ def read_tracks(path: str | Path) -> Tracks:
     tracks = Tracks(g["frame"][:], g["bubble"][:], g["pos_um"][:], g["vel_mm_s"][:], g["frame_offsets"][:], g.attrs.asdict())
     m, off = len(tracks.pos_um), tracks.frame_offsets
     if tracks.pos_um.shape != (m, 3) or tracks.vel_mm_s.shape != (m, 3) or tracks.pos_um.dtype.kind != "f":
-        raise UlmError(f"tracks store {path}: pos_um and vel_mm_s must be (M, 3) floating point, got "
-                       f"{tracks.pos_um.dtype} {tracks.pos_um.shape} and {tracks.vel_mm_s.shape}")  # fmt: skip
+        raise UlmError(
+            f"tracks store {path}: pos_um and vel_mm_s must be (M, 3) floating point, got "
+            f"{tracks.pos_um.dtype} {tracks.pos_um.shape} and {tracks.vel_mm_s.shape}"
+        )
     if tracks.frame.shape != (m,) or tracks.bubble.shape != (m,):
         raise UlmError(f"tracks store {path}: frame and bubble must be ({m},), got {tracks.frame.shape}, {tracks.bubble.shape}")
     if off.ndim != 1 or len(off) < 1 or off[0] != 0 or np.any(np.diff(off) < 0) or off[-1] != m:
