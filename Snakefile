@@ -1,4 +1,4 @@
-# sparse-ulm: one pipeline from a vascular graph to ULM density maps (see README.md, DESIGN.md).
+# sparse-ulm: one pipeline from a vascular graph to ULM density maps (see README.md, docs/architecture.md).
 import sys
 
 sys.path.insert(0, workflow.basedir)

@@ -371,6 +371,5 @@ def drop_dir_timestamps(root):
             stamp.unlink()
             os.utime(folder, times)
         if folder.endswith(".zarr") or Path(folder).name == "density":
-            subdirs[:] = (
-                []
-            )  # a store's (or density folder's) own folders are not outputs: not walked
+            # a store's (or density folder's) own folders are not outputs: not walked
+            subdirs[:] = []
