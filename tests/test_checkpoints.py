@@ -78,3 +78,21 @@ def test_training_does_not_resume_from_a_crafted_last_checkpoint(nn_stores, craf
     rows, _ = train(root / "sparse.zarr", root / "target.zarr", folder / "model.pt", tcfg, seed=3, progress=False)
     assert "unreadable" in capsys.readouterr().out and [r["epoch"] for r in rows] == [0, 1]
     assert not marker.exists()
+
+
+def test_every_torch_load_in_the_package_and_benchmarks_is_weights_only():
+    """A static check, so that a new loader cannot forget it: every ``torch.load(...)`` call passes
+    ``weights_only=True``."""
+    import ast
+
+    root = Path(__file__).resolve().parents[1]
+    unsafe, found = [], 0
+    for path in [*root.joinpath("ulm").rglob("*.py"), *root.joinpath("benchmarks").glob("*.py")]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and ast.unparse(node.func) == "torch.load":
+                found += 1
+                flag = {k.arg: k.value for k in node.keywords}.get("weights_only")
+                if not (isinstance(flag, ast.Constant) and flag.value is True):
+                    unsafe.append(f"{path.relative_to(root)}:{node.lineno}")
+    assert found >= 3, "the scan found no loader: is it still looking at the right files?"
+    assert not unsafe, f"torch.load without weights_only=True: {unsafe}"
