@@ -15,7 +15,6 @@ FLOOR = ["ulm.errors", "ulm.progress", "ulm.parallel", "ulm.config", "ulm.store"
 FLOOR += ["ulm.results"]
 STAGES = ["ulm.bubbles", "ulm.flow", "ulm.vascular", "ulm.forward", "ulm.sparse", "ulm.mask", "ulm.targets", "ulm.train"]
 STAGES += ["ulm.infer", "ulm.conventional", "ulm.render", "ulm.metrics", "ulm.claims", "ulm.summary"]
-PART_OF = {"ulm.claims_figures": "ulm.claims"}  # a module that belongs to another stage (the claims figures)
 TOP = ("ulm.cli", "ulm.commands", "ulm.__main__")  # the command line: may import every stage
 
 
@@ -51,7 +50,6 @@ GRAPH = {name: imports_of(name) for name in MODULES}
 
 def group_of(name: str) -> str | None:
     """The floor package or stage a module belongs to ("ulm" itself: the version, on the floor)."""
-    name = PART_OF.get(name, name)
     for group in (*FLOOR, *STAGES, *TOP):
         if name == group or name.startswith(group + "."):
             return group
@@ -131,19 +129,19 @@ def test_the_checks_catch_a_stage_import_a_floor_import_and_a_cycle():
         "ulm.imaging.raster": {"ulm.targets"},  # floor -> stage: wrong
         "ulm.targets": {"ulm.imaging.raster"},  # with the line above: a cycle
         "ulm.conventional.stage": {"ulm.conventional.track", "ulm.nn.data"},  # own package and floor: fine
-        "ulm.claims_figures": {"ulm.claims", "ulm.results"},  # part of the claims stage: fine
+        "ulm.claims.figures": {"ulm.claims.verdicts", "ulm.results"},  # its own package: fine
         "ulm.cli": {"ulm.render", "ulm.metrics"},  # the top: fine
     }
     assert wrong_imports("ulm.metrics", graph) == ["ulm.render"]
     assert wrong_imports("ulm.imaging.raster", graph) == ["ulm.targets"]
-    assert [wrong_imports(m, graph) for m in ("ulm.conventional.stage", "ulm.claims_figures", "ulm.cli")] == [[], [], []]
+    assert [wrong_imports(m, graph) for m in ("ulm.conventional.stage", "ulm.claims.figures", "ulm.cli")] == [[], [], []]
     assert find_cycle(graph) == ["ulm.imaging.raster", "ulm.targets", "ulm.imaging.raster"]
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": set()}) is None
 
 
 def test_the_graph_has_no_stage_to_stage_edge_left_from_before():
     """The imports issue #15 listed are gone (a stage reaching into another stage, at any depth)."""
-    before = ["claims>metrics", "claims_figures>metrics", "conventional.stage>forward.realism", "infer>train", "mask>sparse"]
+    before = ["claims>metrics", "conventional.stage>forward.realism", "infer>train", "mask>sparse"]
     before += ["sparse>mask", "metrics>render", "render>conventional", "render>targets", "summary>metrics", "targets>sparse"]
     before += ["train>sparse", "flow>vascular"]
     before = [tuple(f"ulm.{m}" for m in edge.split(">")) for edge in before]

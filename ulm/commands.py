@@ -190,7 +190,8 @@ def cmd_summary(args: argparse.Namespace, cfg: dict) -> None:
 
 
 def cmd_claims(args: argparse.Namespace, cfg: dict) -> None:
-    from ulm import claims, claims_figures
+    from ulm import claims
+    from ulm.claims import figures as claims_figures
 
     runs = claims.read_runs(args.metrics)
     memory = claims.read_memory(args.memory) if args.memory else None

@@ -179,7 +179,7 @@ rule claims:
         **resources_of("evaluation"),
     params:
         ulm=ULM,
-        code=code("claims.py", "claims_figures.py", "results.py"),
+        code=code("claims", "results.py"),
         cfg=set_args(settings("claims")),
         memory=lambda w, input: f"--memory {input.memory[0]}" if input.memory else "",
         headline=METHOD,

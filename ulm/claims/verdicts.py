@@ -1,4 +1,4 @@
-"""The paper's claims, checked on a run (stage `ulm claims`): one row per claim with the figures that
+"""The paper's claims, checked on a run: one row per claim with the figures that
 decide it and a verdict computed from those figures by the row's own rule.
 
 Rules, fixed before any result was seen (a rule reads fields of its own row, see :func:`verdict`):

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from ulm.claims import CONVENTIONAL, SPARSE, TRIVIAL, dice_vs_kept
+from ulm.claims.verdicts import CONVENTIONAL, SPARSE, TRIVIAL, dice_vs_kept
 from ulm.config import ABLATIONS, network_map_name
 from ulm.results import jackknife_interval
 from ulm.store import read_density, save_figure
