@@ -11,6 +11,8 @@ then measures:
   written with plain ``zarr.create_array`` + rename (no seal): ``write_vs_plain``;
 * open: ``read_iq`` (which compares the chunk files with the manifest) vs ``zarr.open_group`` alone:
   ``open_vs_plain`` (the ratio of a few milliseconds);
+* checksums: reading the whole array with each chunk's CRC-32C checked (what every store does) vs the same
+  array written without the checksum codec: ``crc_read_vs_no_crc``;
 * resume key: ``store_digest`` (reads the recorded digest) vs reading every array of the store, as the
   resume key did before digests: ``digest_vs_full_read``; and ``recompute_vs_full_read``, the digest
   recomputed from the chunk files (a store written without one).
@@ -33,7 +35,7 @@ import numpy as np
 import zarr
 from report_table import print_rows  # benchmarks/report_table.py, beside this script
 
-from ulm.store import COMPRESSOR, IqWriter, _chunk_digests, read_iq, store_digest
+from ulm.store import COMPRESSORS, IqWriter, _chunk_digests, read_iq, store_digest
 
 ATTRS = {
     "origin_um": [0.0, 0.0],
@@ -75,20 +77,28 @@ def main() -> None:
                 for t0 in range(0, args.frames, BLOCK):
                     writer.write(t0, data[t0 : t0 + BLOCK])
 
-        def plain() -> None:
-            shutil.rmtree(root / "plain.tmp", ignore_errors=True)
-            group = zarr.open_group(str(root / "plain.tmp"), mode="w", zarr_format=3)
+        def plain(name: str = "plain", compressors: tuple = COMPRESSORS) -> None:
+            shutil.rmtree(root / f"{name}.tmp", ignore_errors=True)
+            group = zarr.open_group(str(root / f"{name}.tmp"), mode="w", zarr_format=3)
             group.attrs.update(ATTRS)
-            arr = group.create_array("iq", shape=shape, dtype="complex64", chunks=(BLOCK, *shape[1:]), compressors=COMPRESSOR)
+            arr = group.create_array("iq", shape=shape, dtype="complex64", chunks=(BLOCK, *shape[1:]), compressors=compressors)
             for t0 in range(0, args.frames, BLOCK):
                 arr[t0 : t0 + BLOCK] = data[t0 : t0 + BLOCK]
-            shutil.rmtree(root / "plain.zarr", ignore_errors=True)
-            os.replace(root / "plain.tmp", root / "plain.zarr")
+            shutil.rmtree(root / f"{name}.zarr", ignore_errors=True)
+            os.replace(root / f"{name}.tmp", root / f"{name}.zarr")
+
+        def read_all(name: str) -> bytes:
+            return zarr.open_group(str(root / name), mode="r")["iq"][:].tobytes()
 
         t_plain, t_sealed = best_of(args.repeat, plain), best_of(args.repeat, sealed)
+        plain("no-crc", COMPRESSORS[:1])
+        t_crc, t_no_crc = (
+            best_of(args.repeat, lambda: read_all("plain.zarr")),
+            best_of(args.repeat, lambda: read_all("no-crc.zarr")),
+        )
         t_open_plain = best_of(args.repeat * 10, lambda: zarr.open_group(str(root / "iq.zarr"), mode="r")["iq"])
         t_open = best_of(args.repeat * 10, lambda: read_iq(root / "iq.zarr"))
-        t_full = best_of(args.repeat, lambda: zarr.open_group(str(root / "iq.zarr"), mode="r")["iq"][:].tobytes())
+        t_full = best_of(args.repeat, lambda: read_all("iq.zarr"))
         t_digest = best_of(args.repeat * 10, lambda: store_digest(root / "iq.zarr"))
         t_recompute = best_of(args.repeat, lambda: _chunk_digests(root / "iq.zarr"))
     out = {
@@ -105,6 +115,7 @@ def main() -> None:
         "full_read_s": round(t_full, 4),
         "digest_vs_full_read": round(t_digest / t_full, 4),
         "recompute_vs_full_read": round(t_recompute / t_full, 3),
+        "crc_read_vs_no_crc": round(t_crc / t_no_crc, 3),
     }
     print_rows(
         [
@@ -112,6 +123,7 @@ def main() -> None:
             ("open with manifest check / plain open", out["open_vs_plain"], ".2f"),
             ("recorded digest / full read", out["digest_vs_full_read"], ".4f"),
             ("recomputed digest / full read", out["recompute_vs_full_read"], ".3f"),
+            ("read with CRC-32C / read without", out["crc_read_vs_no_crc"], ".3f"),
         ]
     )
     if args.json:

@@ -122,3 +122,52 @@ def test_a_torn_checkpoint_is_named(chain, tmp_path):
     torn.write_bytes(b"PK\x03\x04 not a whole checkpoint")
     result = ulm("infer", "--quiet", torn, chain / "iq.zarr", tmp_path / "pred.zarr")
     one_line_error(result, "model.pt", "not a checkpoint")
+
+
+def flip_a_bit(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x10
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("harm", ["bit flip", "garbage of the same size", "zeros of the same size"])
+def test_a_chunk_altered_on_disk_is_named_not_read_as_wrong_numbers(iq_copy, tmp_path, harm):
+    """Same file count and bytes (the manifest cannot tell): the chunk's CRC-32C can, and the error names it."""
+    chunk = chunk_files(iq_copy, "iq")[1]
+    size = chunk.stat().st_size
+    if harm == "bit flip":
+        flip_a_bit(chunk)
+    else:
+        chunk.write_bytes(bytes(size) if harm.startswith("zeros") else bytes(range(256)) * (size // 256) + bytes(size % 256))
+    line = one_line_error(sparsify(iq_copy, tmp_path / "sparse.zarr"), "iq store", "array iq", "chunk 1/0/0", "damaged")
+    assert "checksum" in line
+    assert not (tmp_path / "sparse.zarr").exists()
+
+
+def test_an_altered_chunk_of_any_store_kind_is_named(chain, tmp_path):
+    for name, array, argv in [
+        ("graph.zarr", "nodes/pos_um", ("flow", "{store}", tmp_path / "flow.zarr")),
+        ("tracks.zarr", "pos_um", ("forward", "--quiet", *FORWARD, "{store}", tmp_path / "iq.zarr")),
+    ]:
+        store = tmp_path / name
+        shutil.copytree(chain / name, store)
+        flip_a_bit(chunk_files(store, array)[0])
+        result = ulm(*[store if a == "{store}" else a for a in argv])
+        one_line_error(result, name, f"array {array}", "checksum")
+
+
+@pytest.mark.parametrize("harm", ["garbage bytes", "another dtype"])
+def test_a_garbled_array_header_is_named(iq_copy, tmp_path, harm):
+    header = iq_copy / "iq" / "zarr.json"
+    if harm == "garbage bytes":
+        header.write_bytes(bytes(range(200, 256)) * 4)
+    else:
+        header.write_text(header.read_text().replace('"complex64"', '"float64"'))
+    one_line_error(sparsify(iq_copy, tmp_path / "sparse.zarr"), "iq.zarr", "array iq", "unreadable metadata", "damaged")
+
+
+def test_a_text_file_or_a_cut_checkpoint_is_not_a_checkpoint(chain, tmp_path):
+    for content in (b"hi\n", b"PK\x03\x04" + bytes(4000)):
+        bad = tmp_path / "model.pt"
+        bad.write_bytes(content)
+        one_line_error(ulm("infer", "--quiet", bad, chain / "iq.zarr", tmp_path / "pred.zarr"), "not a checkpoint")

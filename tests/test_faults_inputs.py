@@ -534,3 +534,31 @@ def test_every_iq_read_is_checked_and_names_its_frames(nan_iq):
     for key, needle in [(slice(16, 32), "frames 20..22 hold"), (20, "frame 20 holds"), ((slice(22, 23), 1), "frame 22 holds")]:
         with pytest.raises(UlmError, match=f"iq store {re.escape(str(nan_iq))}: {needle} non-finite values"):
             iq[key]
+
+
+# ------------------------------------------------------------------------------- inputs given twice, wrong folders
+def test_an_input_given_twice_is_refused(tmp_path, chain):
+    metrics = tmp_path / "metrics.json"
+    metrics.write_text('{"label": "2d/c3", "dice": {"conventional": 0.5}}')
+    fails("summary", metrics, tmp_path / ".." / tmp_path.name / "metrics.json", tmp_path / "s.csv", names=["given twice"])
+    train = ("train", chain["sparse"], chain["target"], chain["sparse"], chain["target"], tmp_path / "model.pt")
+    fails(*train, names=[f"input {chain['sparse']}", "given twice"], output=tmp_path / "model.pt")
+
+
+def test_two_maps_of_the_same_name_are_refused(tmp_path, chain):
+    out = tmp_path / "density"
+    preds = ("--pred", f"a={chain['sparse']}", "--pred", f"a={chain['target']}")
+    fails("render", *preds, chain["tracks"], chain["iq"], out, names=["--pred name a", "given twice"], output=out)
+
+
+@pytest.mark.parametrize("folder", ["a density store", "an empty folder"])
+def test_metrics_on_a_folder_without_density_maps_is_refused(tmp_path, chain, folder):
+    """Nothing to score is an error, not a metrics.json without Dice."""
+    density = tmp_path / "density"
+    if folder == "an empty folder":
+        density.mkdir()
+    else:
+        code, err = ulm("render", "--quiet", *BLOCKS, chain["tracks"], chain["iq"], density)
+        assert code == 0, err
+        density = density / "ground_truth.zarr"
+    fails("metrics", chain["tracks"], density, tmp_path / "metrics.json", names=[str(density), "no density store"])

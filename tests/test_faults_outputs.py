@@ -120,10 +120,9 @@ def test_a_failing_plot_keeps_the_previous_store_too(chain, tmp_path):
     out = tmp_path / "flow.zarr"
     assert ulm("flow", "--set", "flow.pressure_artery_mmHg=70", chain / "graph.zarr", out).returncode == 0
     before = fingerprint(out)
-    blocker = tmp_path / "file"
-    blocker.write_text("")
-    result = ulm("flow", "--set", "flow.pressure_artery_mmHg=60", chain / "graph.zarr", out, "--plot", blocker / "flow.png")
-    refused(result, "file")
+    plot = tmp_path / ("p" * 249 + ".png")  # a legal name whose temporary sibling (+ ".tmp") is too long: fails at write time
+    result = ulm("flow", "--set", "flow.pressure_artery_mmHg=60", chain / "graph.zarr", out, "--plot", plot)
+    refused(result, "name too long")
     assert fingerprint(out) == before
     assert not out.with_name("flow.zarr.tmp").exists()
 
@@ -156,3 +155,27 @@ def test_train_refuses_a_folder_in_place_of_its_log(chain, tmp_path):
     (tmp_path / "metrics.csv").mkdir()
     result = ulm("train", tmp_path / "sparse.zarr", tmp_path / "target.zarr", tmp_path / "model.pt")
     refused(result, "metrics.csv", "regular file")
+
+
+@pytest.mark.parametrize(
+    ("option", "kind"),
+    [(None, "torch checkpoint"), ("--plot", "PNG image"), ("--csv", ".csv table")],
+    ids=["model", "plot", "csv"],
+)
+def test_a_users_file_is_not_replaced_by_an_output_of_another_kind(chain, tmp_path, option, kind):
+    """A file output replaces only a file of its own kind (what a rerun would replace), never a user's notes."""
+    notes = tmp_path / "README.md"
+    notes.write_text("# my notes")
+    if option is None:
+        result = ulm("train", tmp_path / "sparse.zarr", tmp_path / "target.zarr", notes)
+    else:
+        result = ulm("sparsify", tmp_path / "iq.zarr", tmp_path / "sparse.zarr", option, notes)
+    refused(result, "README.md", kind)
+    assert notes.read_text() == "# my notes"
+
+
+def test_a_file_in_place_of_a_folder_is_named(chain, tmp_path):
+    blocker = tmp_path / "results"
+    blocker.write_text("mine")
+    refused(ulm("flow", chain / "graph.zarr", blocker / "flow.zarr"), f"{blocker} is a file, not a folder")
+    assert blocker.read_text() == "mine"

@@ -135,3 +135,15 @@ def test_the_same_data_rewritten_resumes(nn_stores, tmp_path, capsys):
     capsys.readouterr()
     train(data / "sparse.zarr", root / "target.zarr", tmp_path / "net" / "model.pt", tcfg, seed=5, progress=False)
     assert "resuming after epoch 2" in capsys.readouterr().out
+
+
+def test_a_last_checkpoint_of_this_run_with_parts_missing_starts_afresh(nn_stores, straight, tmp_path):
+    """Its key matches but its content is incomplete: never resumed from, and the run still ends with the best model."""
+    ckpt = torch.load(straight / "last.pt", weights_only=True)
+    del ckpt["optimizer"]
+    torch.save(ckpt, tmp_path / "last.pt")
+    out = subprocess.run(command(nn_stores[0], tmp_path), check=True, env=ENV, capture_output=True, text=True)
+    assert "is incomplete (KeyError); starting afresh" in out.stdout
+    assert log_but_seconds(tmp_path) == log_but_seconds(straight)
+    a, b = (torch.load(f / "model.pt", weights_only=True)["model"] for f in (straight, tmp_path))
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -20,7 +20,7 @@ from ulm import __version__
 from ulm.commands import HELP, STAGES
 from ulm.config import load_config
 from ulm.errors import UlmError
-from ulm.store import check_output, transaction
+from ulm.store import check_output, find_damage, store_kind, transaction
 
 
 def parser() -> argparse.ArgumentParser:
@@ -124,37 +124,37 @@ OUTPUT_KIND = {
     "bubbles": "tracks",
     "forward": "iq",
     "sparsify": "sparse",
-    "mask": "file",
+    "mask": "checkpoint",
     "targets": "target",
-    "train": "file",
+    "train": "checkpoint",
     "infer": "pred",
     "conventional": "localizations",
     "render": "density-folder",
-    "metrics": "file",
-    "summary": "file",
-    "claims": "file",
+    "metrics": "json",
+    "summary": "csv",
+    "claims": "csv",
 }
-EXTRA_OUTPUTS = (
-    "plot",
-    "csv",
-    "comparison",
-    "dice_plot",
-    "ablation",
-    "tradeoff_plot",
-    "dice_kept_plot",
-    "ablation_plot",
-    "maps_plot",
-    "learning_plot",
-)
-TRAIN_SIBLINGS = ("last.pt", "metrics.csv", "train.png")  # written beside model.pt
+EXTRA_OUTPUTS = {  # option -> what it writes
+    "plot": "png",
+    "csv": "csv",
+    "comparison": "png",
+    "dice_plot": "png",
+    "ablation": "csv",
+    "tradeoff_plot": "png",
+    "dice_kept_plot": "png",
+    "ablation_plot": "png",
+    "maps_plot": "png",
+    "learning_plot": "png",
+}
+TRAIN_SIBLINGS = {"last.pt": "checkpoint", "metrics.csv": "csv", "train.png": "png"}  # written beside model.pt
 
 
 def outputs(args: argparse.Namespace) -> list[tuple[Path, str]]:
     """Every path the stage will write, with its kind (see :func:`ulm.store.check_output`)."""
     out = [(Path(args.output), OUTPUT_KIND[args.stage])]
-    out += [(Path(p), "file") for p in (getattr(args, name, None) for name in EXTRA_OUTPUTS) if p]
+    out += [(Path(p), kind) for name, kind in EXTRA_OUTPUTS.items() if (p := getattr(args, name, None))]
     if args.stage == "train":
-        out += [(Path(args.output).with_name(name), "file") for name in TRAIN_SIBLINGS]
+        out += [(Path(args.output).with_name(name), kind) for name, kind in TRAIN_SIBLINGS.items()]
     return out
 
 
@@ -173,6 +173,20 @@ def inputs(args: argparse.Namespace) -> list[Path]:
             if isinstance(item, str | Path):
                 found.append(Path(str(item).rpartition("=")[2]) if name == "pred" else Path(item))  # pred: [NAME=]PATH
     return found
+
+
+def _check_inputs(args: argparse.Namespace) -> None:
+    """Refuse an input listed twice (it would be counted twice), and two --pred maps of the same name."""
+    for name, value in vars(args).items():
+        if not isinstance(value, list) or name in ("output", *EXTRA_OUTPUTS, *NOT_PATHS):
+            continue
+        if name == "pred":  # [NAME=]PATH: the name labels the map
+            keys = [f"--pred name {str(v).partition('=')[0] if '=' in str(v) else 'network'}" for v in value]
+        else:
+            keys = [f"input {Path(str(v)).resolve()}" for v in value]
+        twice = sorted({k for k in keys if keys.count(k) > 1})
+        if twice:
+            raise UlmError(f"{twice[0]}: given twice; each may appear once")
 
 
 def _check_outputs(args: argparse.Namespace) -> None:
@@ -207,6 +221,7 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args: argparse.Namespace, func: Callable, name: str) -> int:
     try:
         cfg = load_config(args.config, args.overrides)
+        _check_inputs(args)
         _check_outputs(args)
         with transaction():  # every output replaces its old version only when the whole stage succeeds
             func(args, cfg)
@@ -223,6 +238,9 @@ def _run(args: argparse.Namespace, func: Callable, name: str) -> int:
     except Exception as exc:
         if os.environ.get("ULM_TRACEBACK"):
             raise
+        if damage := _damaged_input(args):  # a read failed on an input that was altered on disk
+            print(f"{name}: error: {_one_line(damage)}", file=sys.stderr)
+            return 2
         print(
             f"{name}: error: unexpected {type(exc).__name__}: {_one_line(exc)} (a damaged input or a bug; "
             "ULM_TRACEBACK=1 shows where)",
@@ -230,6 +248,21 @@ def _run(args: argparse.Namespace, func: Callable, name: str) -> int:
         )
         return 1
     return 0
+
+
+def _damaged_input(args: argparse.Namespace) -> str | None:
+    """The first input store (or density store of an input folder) with an unreadable part, described in a line."""
+    stores = []
+    for path in inputs(args):
+        if (path / "zarr.json").is_file():
+            stores.append(path)
+        elif path.is_dir():
+            stores += sorted(p for p in path.glob("*.zarr") if (p / "zarr.json").is_file())
+    for store in stores:
+        if damage := find_damage(store):
+            kind = store_kind(store) or "input"
+            return f"{kind} store {store}: {damage} (damaged store: rerun the stage that wrote it)"
+    return None
 
 
 @contextlib.contextmanager

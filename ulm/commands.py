@@ -170,6 +170,8 @@ def cmd_metrics(args: argparse.Namespace, cfg: dict) -> None:
     if not density.is_dir():
         raise UlmError(f"density folder {density}: not found (run `ulm render` first)")
     paths = {p.name[: -len(".zarr")]: p for p in sorted(density.glob("*.zarr"))}
+    if (density / "zarr.json").exists() or not (paths or args.localizations):  # a store itself, or nothing to score
+        raise UlmError(f"density folder {density}: holds no density store (expected a folder written by `ulm render`)")
     out = compute_metrics(args.tracks, cfg, loc_path=args.localizations, density_paths=paths)
     write_json(args.output, {"label": args.label, **out}, indent=1)
     print(f"metrics: Dice {json.dumps(out.get('dice', {}))}", file=sys.stderr)

@@ -282,6 +282,8 @@ def _resume(
     except Exception as exc:  # a torn or foreign file: start afresh rather than trust it
         print(f"train: {last} unreadable ({type(exc).__name__}); starting afresh", flush=True)
         return TrainState(), None
+    if not isinstance(ckpt, dict):
+        ckpt = {}
     old_key = ckpt.get("run_key") if isinstance(ckpt.get("run_key"), dict) else {}
     changed = [what for what in ("config", "data") if old_key.get(what) != run_key[what]]
     if ckpt.get("architecture") != ARCHITECTURE:
@@ -289,12 +291,21 @@ def _resume(
     if changed:
         print(f"train: {last} belongs to another run (its {' and '.join(changed)} changed); starting afresh", flush=True)
         return TrainState(), None
-    net.load_state_dict(ckpt["model"])
-    torch.set_rng_state(ckpt["torch_rng"])
-    gen.set_state(ckpt["loader_rng"])
-    state = TrainState(**{name: ckpt["state"][name] for name in PERSISTED}, best_model=ckpt["best_model"])
+    fresh = {k: v.clone() for k, v in net.state_dict().items()}, torch.get_rng_state(), gen.get_state()
+    try:
+        state = TrainState(**{name: ckpt["state"][name] for name in PERSISTED}, best_model=ckpt["best_model"])
+        net.load_state_dict(ckpt["model"])
+        torch.set_rng_state(ckpt["torch_rng"])
+        gen.set_state(ckpt["loader_rng"])
+        opt_state = {"optimizer": ckpt["optimizer"], "scheduler": ckpt["scheduler"]}
+    except Exception as exc:  # the key matches but the content does not: never resume from it
+        print(f"train: {last} is incomplete ({type(exc).__name__}); starting afresh", flush=True)
+        net.load_state_dict(fresh[0])
+        torch.set_rng_state(fresh[1])
+        gen.set_state(fresh[2])
+        return TrainState(), None
     print(f"train: resuming after epoch {state.epoch}", flush=True)
-    return state, {"optimizer": ckpt["optimizer"], "scheduler": ckpt["scheduler"]}
+    return state, opt_state
 
 
 def _train_epoch(net: ULMNet, loader: DataLoader, inputs: Inputs, opt, phase: schedule.Phase) -> float:

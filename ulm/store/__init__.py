@@ -11,10 +11,11 @@ checks), :mod:`~ulm.store.graph`, :mod:`~ulm.store.rows` (tracks, localizations)
 """
 
 from ulm.store.base import (
-    COMPRESSOR,
+    COMPRESSORS,
     STORE_KINDS,
     _chunk_digests,
     check_output,
+    find_damage,
     store_digest,
     store_kind,
 )
@@ -56,7 +57,7 @@ from ulm.store.rows import (
 )
 
 __all__ = [
-    "COMPRESSOR",
+    "COMPRESSORS",
     "DENSITY_ATTRS",
     "IQ_ATTRS",
     "STORE_KINDS",
@@ -79,6 +80,7 @@ __all__ = [
     "atomic_path",
     "check_graph",
     "check_output",
+    "find_damage",
     "read_density",
     "read_flow",
     "read_graph",

@@ -4,19 +4,23 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import json
-from collections.abc import Iterator
+import zipfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 import zarr
-from zarr.codecs import BloscCodec
+from zarr.codecs import BloscCodec, Crc32cCodec
 
 import ulm
 from ulm.errors import UlmError
 from ulm.store.files import atomic_path
 
-COMPRESSOR = BloscCodec(cname="zstd", clevel=5, shuffle="bitshuffle")
+# zstd, then a CRC-32C of each compressed chunk: zarr checks it on every read, so a chunk that was altered on
+# disk (a flipped bit, garbage of the same size) is an error instead of wrong numbers
+COMPRESSORS = (BloscCodec(cname="zstd", clevel=5, shuffle="bitshuffle"), Crc32cCodec())
 STORE_KINDS = ("graph", "flow", "tracks", "iq", "sparse", "target", "pred", "localizations", "density")
 # the arrays each kind holds (how a store without an ``ulm_kind`` attr is recognised)
 GRAPH_ARRAYS = ("nodes/pos_um", "nodes/diam_um", "edges/index", "edges/diam_um", "edges/length_um", "edges/vessel_type")
@@ -42,7 +46,7 @@ def _put(group: zarr.Group, name: str, data: np.ndarray, dims: tuple[str, ...], 
     if data.dtype.kind in "UO":
         group.create_array(name, shape=data.shape, dtype=str, chunks=chunks, dimension_names=dims)[:] = data.astype(object)
     else:
-        group.create_array(name, data=data, chunks=chunks, compressors=COMPRESSOR, dimension_names=dims)
+        group.create_array(name, data=data, chunks=chunks, compressors=COMPRESSORS, dimension_names=dims)
 
 
 def _chunk_files(root: Path) -> dict[str, list[Path]]:
@@ -134,6 +138,33 @@ def _open(path: str | Path, kind: str, arrays: tuple[str, ...]) -> zarr.Group:
     return group
 
 
+def find_damage(path: str | Path) -> str | None:
+    """What cannot be read in the Zarr store at ``path`` (its group metadata, an array's metadata, or the
+    first chunk that does not decode or fails its checksum), or None. Decodes every chunk: meant for the
+    error path, to name the damaged store and chunk once a read has failed."""
+    path = Path(path)
+    for meta in sorted(path.rglob("zarr.json")):
+        name = meta.parent.relative_to(path).as_posix()
+        where = "its group metadata" if name == "." else f"array {name}"
+        try:
+            node_type = json.loads(meta.read_bytes()).get("node_type")
+            if node_type != "array":
+                zarr.open_group(str(meta.parent), mode="r").attrs.asdict()
+                continue
+            array = zarr.open_array(str(meta.parent), mode="r")
+        except Exception as exc:
+            return f"{where}: unreadable metadata ({type(exc).__name__})"
+        for block in itertools.product(*(range(n) for n in array.cdata_shape)):
+            try:
+                array.get_block_selection(block)
+            except Exception as exc:
+                chunk = "/".join(map(str, block))
+                if "checksum" in str(exc):
+                    return f"{where}: chunk {chunk} fails its CRC-32C checksum (altered on disk)"
+                return f"{where}: chunk {chunk} does not decode ({type(exc).__name__}: {' '.join(str(exc).split())[:80]})"
+    return None
+
+
 # ----------------------------------------------------------------------------------- output safety
 def store_kind(path: str | Path) -> str | None:
     """The kind of the sparse-ulm store at ``path`` (from its attrs, else from its arrays), or None."""
@@ -159,28 +190,66 @@ def store_kind(path: str | Path) -> str | None:
         return None
 
 
+def _is_checkpoint(path: Path) -> bool:
+    return zipfile.is_zipfile(path)  # torch.save's format
+
+
+def _starts_with(signature: bytes) -> Callable[[Path], bool]:
+    def check(path: Path) -> bool:
+        with open(path, "rb") as fh:
+            return fh.read(len(signature)) == signature
+
+    return check
+
+
+def _is_text(suffix: str) -> Callable[[Path], bool]:
+    def check(path: Path) -> bool:
+        if path.suffix.lower() != suffix:
+            return False
+        try:
+            text = path.read_bytes()[: 1 << 16].decode()
+        except UnicodeDecodeError:
+            return False
+        return "\0" not in text and (suffix != ".json" or text.lstrip()[:1] in ("{", ""))
+
+    return check
+
+
+# the files a stage writes: (what the refusal calls it, whether an existing file is one that may be replaced)
+FILE_KINDS: dict[str, tuple[str, Callable[[Path], bool]]] = {
+    "checkpoint": ("a torch checkpoint", _is_checkpoint),
+    "png": ("a PNG image", _starts_with(b"\x89PNG\r\n\x1a\n")),
+    "csv": ("a .csv table", _is_text(".csv")),
+    "json": ("a .json file", _is_text(".json")),
+}
+
+
 def check_output(path: str | Path, kind: str, inputs: list[Path] = ()) -> None:
     """Refuse an OUTPUT that would destroy what the stage did not write: an input (or a folder holding
     one), an existing directory that is not a store of this ``kind``, or a non-regular file.
 
     ``kind``: a store kind of :data:`STORE_KINDS`; ``density-folder`` (a folder of density stores and
-    PNGs); or ``file`` (a regular file such as model.pt, metrics.json or a PNG)."""
+    PNGs); or a file kind of :data:`FILE_KINDS` (an existing file is replaced only when it is of that kind)."""
     path = Path(path)
     where = path.resolve()
     for src in map(Path, inputs):
         src = src.resolve()
         if where == src or where in src.parents or src in where.parents:
             raise UlmError(f"output {path}: is (or holds, or lies inside) the input {src}; choose another output path")
+    for parent in where.parents:
+        if parent.exists() and not parent.is_dir():
+            raise UlmError(f"output {path}: {parent} is a file, not a folder")
     if not (path.exists() or path.is_symlink()):
         return
-    if kind == "file":
-        ok = path.is_file()
+    if kind in FILE_KINDS:
+        ok = path.is_file() and FILE_KINDS[kind][1](path)
     elif kind == "density-folder":
         ok = path.is_dir() and all(_is_rendered(p) for p in path.iterdir())
     else:
         ok = store_kind(path) in ({kind, "sparse"} if kind in ("target", "pred") else {kind})  # older COO stores: no kind
     if not ok:
-        what = {"file": "a regular file", "density-folder": "a folder written by `ulm render`"}.get(kind, f"a {kind} store")
+        what = (FILE_KINDS[kind][0] if path.is_file() else "a regular file") if kind in FILE_KINDS else f"a {kind} store"
+        what = "a folder written by `ulm render`" if kind == "density-folder" else what
         raise UlmError(f"output {path}: exists and is not {what}; refusing to replace it (move it away or choose another path)")
 
 

@@ -10,7 +10,7 @@ import zarr
 
 from ulm.errors import UlmError
 from ulm.store.base import (
-    COMPRESSOR,
+    COMPRESSORS,
     COO_ARRAYS,
     _open,
     _put,
@@ -56,7 +56,7 @@ class IqWriter(_StreamingStore):
         space = space_dims(len(grid))
         group = self._group
         self._iq = group.create_array(
-            "iq", shape=self._shape, dtype="complex64", chunks=chunks, compressors=COMPRESSOR, dimension_names=(TIME, *space)
+            "iq", shape=self._shape, dtype="complex64", chunks=chunks, compressors=COMPRESSORS, dimension_names=(TIME, *space)
         )
         n_blocks = -(-self._shape[0] // chunks[0])
         self._parts = group.create_array(
@@ -64,7 +64,7 @@ class IqWriter(_StreamingStore):
             shape=(n_blocks, *grid),
             dtype="f8",
             chunks=(1, *grid),
-            compressors=COMPRESSOR,
+            compressors=COMPRESSORS,
             dimension_names=(BLOCK, *space),
         )
 
@@ -206,7 +206,7 @@ class CooWriter(_StreamingStore):
             shape=(0, self._n_coords),
             dtype="i4",
             chunks=(rows, self._n_coords),
-            compressors=COMPRESSOR,
+            compressors=COMPRESSORS,
             dimension_names=(SITE, SITE_AXIS),
         )
         self._feats = self._group.create_array(
@@ -214,7 +214,7 @@ class CooWriter(_StreamingStore):
             shape=(0, self._n_feats),
             dtype="f4",
             chunks=(rows, self._n_feats),
-            compressors=COMPRESSOR,
+            compressors=COMPRESSORS,
             dimension_names=(SITE, FEATURE),
         )
 

@@ -9,7 +9,7 @@ import numpy as np
 
 from ulm.errors import UlmError
 from ulm.store.base import (
-    COMPRESSOR,
+    COMPRESSORS,
     LOC_ARRAYS,
     TRACK_ARRAYS,
     _open,
@@ -75,7 +75,7 @@ class _FrameRowsWriter(_StreamingStore):
                 shape=(0, *tail),
                 dtype=dt,
                 chunks=(self._chunk_rows, *tail),
-                compressors=COMPRESSOR,
+                compressors=COMPRESSORS,
                 dimension_names=(ROW, XYZ)[: 1 + len(tail)],
             )
             for name, (dt, tail) in self.COLUMNS.items()
