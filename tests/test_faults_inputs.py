@@ -154,8 +154,9 @@ def chain(tmp_path_factory) -> dict[str, Path]:
         ("run=../elsewhere", ["config key run"]),
         ("run=a/b", ["config key run"]),
         ("preset=foo", ["config key preset", "unknown preset 'foo'", "tiny"]),
+        ("graph.crop_um=[450, 150, 0, 100, 0, 100]", ["config key graph.crop_um", "x0 = 450 is not below x1 = 150"]),
     ],
-    ids=["nan", "minus-inf", "inf-in-list", "nan-in-overrides_3d", "run-dotdot", "run-escapes", "run-slash", "preset"],
+    ids=["nan", "minus-inf", "inf-in-list", "nan-in-overrides_3d", "run-dotdot", "run-escapes", "run-slash", "preset", "box"],
 )
 def test_bad_config_number_or_name_is_one_line(request, tmp_path, chain, override, needles):
     out = copy(chain["graph"], tmp_path)

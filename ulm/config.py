@@ -94,6 +94,7 @@ def validate_config(cfg: dict) -> dict:
     errors = sorted(validator.iter_errors(out), key=lambda e: (len(e.absolute_path), str(e.absolute_path)))
     if errors:
         raise UlmError(_describe(errors[0]))
+    _check_boxes(out["graph"])
     if out["overrides_3d"]:
         three_d = for_dims(out, 3)
         errors = sorted(validator.iter_errors(three_d), key=lambda e: (len(e.absolute_path), str(e.absolute_path)))
@@ -118,6 +119,15 @@ def _same_graph_file(a: str, b: str) -> bool:
     if a.startswith("bundled:") or b.startswith("bundled:"):
         return a == b
     return Path(a).resolve() == Path(b).resolve()
+
+
+def _check_boxes(graph: dict) -> None:
+    """Each crop box [x0, x1, y0, y1, z0, z1] (um) has x0 < x1, y0 < y1, z0 < z1."""
+    for key in ("crop_um", "test_crop_um"):
+        box = graph.get(key)
+        for axis, i in zip("xyz", (0, 2, 4), strict=True):
+            if box is not None and not box[i] < box[i + 1]:
+                raise UlmError(f"config key graph.{key}: {axis}0 = {box[i]} is not below {axis}1 = {box[i + 1]} (um)")
 
 
 def _boxes_overlap(a: list[float], b: list[float]) -> bool:
