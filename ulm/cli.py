@@ -20,7 +20,8 @@ from ulm import __version__
 from ulm.commands import HELP, STAGES
 from ulm.config import load_config
 from ulm.errors import UlmError
-from ulm.store import check_output, find_damage, store_kind, transaction
+from ulm.store import STORE_KINDS, check_output, find_damage, staged_under, store_kind, transaction
+from ulm.store.lineage import common_lineage, record_lineage
 
 
 def parser() -> argparse.ArgumentParser:
@@ -189,6 +190,22 @@ def _check_inputs(args: argparse.Namespace) -> None:
             raise UlmError(f"{twice[0]}: given twice; each may appear once")
 
 
+MANY_RUNS = ("summary", "claims")  # stages that gather several runs: their inputs differ by design
+
+
+def _input_lineage(args: argparse.Namespace) -> dict[str, str] | None:
+    """The chain stores (graph, flow, tracks, iq) behind the inputs, checked to agree within one run:
+    each (sparse, target[, iq]) set of `train`, all inputs of the other stages (None: not one run)."""
+    if args.stage in MANY_RUNS:
+        return None
+    if args.stage == "train":
+        pairs = [args.stores[i : i + 2] for i in range(0, len(args.stores), 2)]
+        for i, pair in enumerate(pairs):
+            common_lineage([*pair, *args.iq[i : i + 1]])
+        return None
+    return common_lineage(inputs(args))
+
+
 def _check_outputs(args: argparse.Namespace) -> None:
     """Refuse outputs that would destroy an input or something the stage did not write (before any work)."""
     seen = set()
@@ -223,8 +240,12 @@ def _run(args: argparse.Namespace, func: Callable, name: str) -> int:
         cfg = load_config(args.config, args.overrides)
         _check_inputs(args)
         _check_outputs(args)
+        lineage = _input_lineage(args)
         with transaction():  # every output replaces its old version only when the whole stage succeeds
             func(args, cfg)
+            if lineage is not None and OUTPUT_KIND[args.stage] in (*STORE_KINDS, "density-folder"):
+                for written in staged_under(args.output):  # the store, or each density store of the folder
+                    record_lineage(written, lineage)
     except UlmError as exc:
         print(f"{name}: error: {_one_line(exc)}", file=sys.stderr)  # always one line
         return 2

@@ -30,10 +30,13 @@ COO_ARRAYS = ("coords", "feats", "block_offsets", "block_origin")
 LOC_ARRAYS = ("frame", "pos_um", "track", "frame_offsets")
 
 
+NOT_COPIED = ("ulm_manifest", "ulm_digest", "ulm_lineage", "ome")  # attrs that describe one store, never its copies
+
+
 def _new_group(path: Path, kind: str, attrs: dict) -> zarr.Group:
     group = zarr.open_group(str(path), mode="w", zarr_format=3)
     own = {"ulm_version": ulm.__version__, "ulm_kind": kind}  # never the copied attrs of another store (nor its image)
-    group.attrs.update({**{k: v for k, v in attrs.items() if k not in ("ulm_manifest", "ulm_digest", "ome")}, **own})
+    group.attrs.update({**{k: v for k, v in attrs.items() if k not in NOT_COPIED}, **own})
     return group
 
 

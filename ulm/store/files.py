@@ -47,6 +47,13 @@ def staged(path: str | Path) -> Path:
     return path
 
 
+def staged_under(path: str | Path) -> list[Path]:
+    """The temporary paths, in the open transaction, of ``path`` and of what was written inside it."""
+    path = Path(path)
+    tmp = staged(path)
+    return [t for t, final in _staged or () if final == path or tmp in final.parents]
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path, now: bool = False) -> Iterator[Path]:
     """Yield a temporary sibling path; it replaces ``path`` only if the block succeeds: at once when no
