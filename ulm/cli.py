@@ -21,7 +21,7 @@ from ulm.commands import HELP, STAGES
 from ulm.config import load_config
 from ulm.errors import UlmError
 from ulm.store import STORE_KINDS, check_output, find_damage, staged_under, store_kind, transaction
-from ulm.store.lineage import common_lineage, record_lineage
+from ulm.store.lineage import common_lineage, record_lineage, stores_in
 
 
 def parser() -> argparse.ArgumentParser:
@@ -273,13 +273,7 @@ def _run(args: argparse.Namespace, func: Callable, name: str) -> int:
 
 def _damaged_input(args: argparse.Namespace) -> str | None:
     """The first input store (or density store of an input folder) with an unreadable part, described in a line."""
-    stores = []
-    for path in inputs(args):
-        if (path / "zarr.json").is_file():
-            stores.append(path)
-        elif path.is_dir():
-            stores += sorted(p for p in path.glob("*.zarr") if (p / "zarr.json").is_file())
-    for store in stores:
+    for store in (s for path in inputs(args) for s in stores_in(path)):
         if damage := find_damage(store):
             kind = store_kind(store) or "input"
             return f"{kind} store {store}: {damage} (damaged store: rerun the stage that wrote it)"
