@@ -41,6 +41,11 @@ def bubbles(root: Path, out: Path, concentration: int) -> None:
     )
 
 
+def metrics(run: Path, out: Path) -> tuple:
+    """`ulm metrics` of the run's localizations and density maps against its tracks."""
+    return ("metrics", "--quiet", *BLOCKS, "--localizations", run / "loc.zarr", run / "tracks.zarr", run / "density", out)
+
+
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> Path:
     """One small run made by the CLI: graph, flow, tracks, iq, sparse, target, localizations, density."""
@@ -89,16 +94,7 @@ def test_new_tracks_at_the_same_path_make_the_old_outputs_stale(run, tmp_path):
     bubbles(here, here / "tracks.zarr", 5)
     cases = [
         ("targets", "--quiet", *BLOCKS, here / "tracks.zarr", here / "iq.zarr", tmp_path / "target.zarr"),
-        (
-            "metrics",
-            "--quiet",
-            *BLOCKS,
-            "--localizations",
-            here / "loc.zarr",
-            here / "tracks.zarr",
-            here / "density",
-            tmp_path / "m.json",
-        ),
+        metrics(here, tmp_path / "m.json"),
         (
             "render",
             "--quiet",
@@ -124,16 +120,7 @@ def test_the_same_data_rewritten_is_not_stale(run, tmp_path):
     here = tmp_path / "run"
     shutil.copytree(run, here)
     bubbles(here, here / "tracks.zarr", 3)
-    ok(
-        "metrics",
-        "--quiet",
-        *BLOCKS,
-        "--localizations",
-        here / "loc.zarr",
-        here / "tracks.zarr",
-        here / "density",
-        tmp_path / "m.json",
-    )
+    ok(*metrics(here, tmp_path / "m.json"))
 
 
 def test_train_checks_each_sparse_target_pair_on_its_own(run, tmp_path):
