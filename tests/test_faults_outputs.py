@@ -179,3 +179,11 @@ def test_a_file_in_place_of_a_folder_is_named(chain, tmp_path):
     blocker.write_text("mine")
     refused(ulm("flow", chain / "graph.zarr", blocker / "flow.zarr"), f"{blocker} is a file, not a folder")
     assert blocker.read_text() == "mine"
+
+
+def test_a_symbolic_link_loop_is_named(chain, tmp_path):
+    (tmp_path / "a").symlink_to(tmp_path / "b")
+    (tmp_path / "b").symlink_to(tmp_path / "a")
+    refused(ulm("flow", chain / "graph.zarr", tmp_path / "a"), "a: cannot be resolved", "loop")
+    refused(ulm("flow", tmp_path / "a", tmp_path / "flow.zarr"), "a: cannot be resolved")
+    assert (tmp_path / "a").is_symlink() and (tmp_path / "b").is_symlink()

@@ -20,7 +20,7 @@ from ulm import __version__
 from ulm.commands import HELP, STAGES
 from ulm.config import load_config
 from ulm.errors import UlmError
-from ulm.store import STORE_KINDS, check_output, find_damage, staged_under, store_kind, transaction
+from ulm.store import STORE_KINDS, check_output, find_damage, resolved, staged_under, store_kind, transaction
 from ulm.store.lineage import common_lineage, record_lineage, stores_in
 
 
@@ -184,7 +184,7 @@ def _check_inputs(args: argparse.Namespace) -> None:
         if name == "pred":  # [NAME=]PATH: the name labels the map
             keys = [f"--pred name {str(v).partition('=')[0] if '=' in str(v) else 'network'}" for v in value]
         else:
-            keys = [f"input {Path(str(v)).resolve()}" for v in value]
+            keys = [f"input {resolved(str(v))}" for v in value]
         twice = sorted({k for k in keys if keys.count(k) > 1})
         if twice:
             raise UlmError(f"{twice[0]}: given twice; each may appear once")
@@ -210,9 +210,9 @@ def _check_outputs(args: argparse.Namespace) -> None:
     """Refuse outputs that would destroy an input or something the stage did not write (before any work)."""
     seen = set()
     for path, kind in outputs(args):
-        if path.resolve() in seen:
+        if resolved(path) in seen:
             raise UlmError(f"output {path}: given twice; each output needs its own path")
-        seen.add(path.resolve())
+        seen.add(resolved(path))
         check_output(path, kind, inputs(args))
 
 

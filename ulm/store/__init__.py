@@ -16,6 +16,7 @@ from ulm.store.base import (
     _chunk_digests,
     check_output,
     find_damage,
+    resolved,
     store_digest,
     store_kind,
 )
@@ -89,6 +90,7 @@ __all__ = [
     "read_localizations",
     "read_tracks",
     "remove_path",
+    "resolved",
     "save_figure",
     "save_torch",
     "staged",

@@ -227,6 +227,14 @@ FILE_KINDS: dict[str, tuple[str, Callable[[Path], bool]]] = {
 }
 
 
+def resolved(path: str | Path) -> Path:
+    """``path`` made absolute with its links followed; one clear error for a link that loops."""
+    try:
+        return Path(path).resolve()
+    except (RuntimeError, OSError) as exc:  # Python raises RuntimeError for a symlink loop
+        raise UlmError(f"{path}: cannot be resolved ({' '.join(str(exc).split())})") from None
+
+
 def check_output(path: str | Path, kind: str, inputs: list[Path] = ()) -> None:
     """Refuse an OUTPUT that would destroy what the stage did not write: an input (or a folder holding
     one), an existing directory that is not a store of this ``kind``, or a non-regular file.
@@ -234,9 +242,9 @@ def check_output(path: str | Path, kind: str, inputs: list[Path] = ()) -> None:
     ``kind``: a store kind of :data:`STORE_KINDS`; ``density-folder`` (a folder of density stores and
     PNGs); or a file kind of :data:`FILE_KINDS` (an existing file is replaced only when it is of that kind)."""
     path = Path(path)
-    where = path.resolve()
+    where = resolved(path)
     for src in map(Path, inputs):
-        src = src.resolve()
+        src = resolved(src)
         if where == src or where in src.parents or src in where.parents:
             raise UlmError(f"output {path}: is (or holds, or lies inside) the input {src}; choose another output path")
     for parent in where.parents:
