@@ -17,10 +17,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from ulm import __version__
-from ulm.commands import HELP, STAGES
+from ulm.commands import HELP, STAGES, parse_pred
 from ulm.config import load_config
 from ulm.errors import UlmError
-from ulm.store import STORE_KINDS, check_output, find_damage, resolved, staged_under, store_kind, transaction
+from ulm.store import STORE_KINDS, check_apart, check_output, find_damage, resolved, staged_under, store_kind, transaction
 from ulm.store.lineage import common_lineage, record_lineage, stores_in
 
 
@@ -172,17 +172,21 @@ def inputs(args: argparse.Namespace) -> list[Path]:
             if name == "source" and (item == "synthetic" or item.startswith("bundled:")):
                 continue
             if isinstance(item, str | Path):
-                found.append(Path(str(item).rpartition("=")[2]) if name == "pred" else Path(item))  # pred: [NAME=]PATH
+                found.append(parse_pred(item)[1] if name == "pred" else Path(item))  # pred: [NAME=]PATH
     return found
 
 
 def _check_inputs(args: argparse.Namespace) -> None:
-    """Refuse an input listed twice (it would be counted twice), and two --pred maps of the same name."""
+    """Refuse a missing input (also one the stage would only read for an option), an input listed twice (it
+    would be counted twice), and two --pred maps of the same name."""
+    for path in inputs(args):
+        if not (path.exists() or path.is_symlink()):
+            raise UlmError(f"input {path}: not found")
     for name, value in vars(args).items():
         if not isinstance(value, list) or name in ("output", *EXTRA_OUTPUTS, *NOT_PATHS):
             continue
         if name == "pred":  # [NAME=]PATH: the name labels the map
-            keys = [f"--pred name {str(v).partition('=')[0] if '=' in str(v) else 'network'}" for v in value]
+            keys = [f"--pred name {parse_pred(v)[0]}" for v in value]
         else:
             keys = [f"input {resolved(str(v))}" for v in value]
         twice = sorted({k for k in keys if keys.count(k) > 1})
@@ -208,11 +212,8 @@ def _input_lineage(args: argparse.Namespace) -> dict[str, str] | None:
 
 def _check_outputs(args: argparse.Namespace) -> None:
     """Refuse outputs that would destroy an input or something the stage did not write (before any work)."""
-    seen = set()
+    check_apart([path for path, _ in outputs(args)])
     for path, kind in outputs(args):
-        if resolved(path) in seen:
-            raise UlmError(f"output {path}: given twice; each output needs its own path")
-        seen.add(resolved(path))
         check_output(path, kind, inputs(args))
 
 
@@ -238,8 +239,8 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args: argparse.Namespace, func: Callable, name: str) -> int:
     try:
         cfg = load_config(args.config, args.overrides)
-        _check_inputs(args)
         _check_outputs(args)
+        _check_inputs(args)
         lineage = _input_lineage(args)
         with transaction():  # every output replaces its old version only when the whole stage succeeds
             func(args, cfg)

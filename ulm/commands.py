@@ -5,6 +5,7 @@ numba, matplotlib). :data:`STAGES` maps each stage to its command, positionals a
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -74,8 +75,9 @@ def cmd_sparsify(args: argparse.Namespace, cfg: dict) -> None:
     from ulm.sparse import sparsify_iq, store_bytes, trade_off
 
     scfg = cfg["sparse"]
-    if args.csv and not args.tracks:
-        raise UlmError("sparsify --csv needs --tracks (the ground truth of the trade-off)")
+    for option in ("csv", "plot"):
+        if getattr(args, option) and not args.tracks:
+            raise UlmError(f"sparsify --{option} needs --tracks (the ground truth of the trade-off it shows)")
     tiling = sparsify_iq(args.iq, args.output, scfg, progress=not args.quiet)
     iq_bytes, sparse_bytes = store_bytes(args.iq), store_bytes(staged(args.output))
     print(
@@ -142,13 +144,25 @@ def cmd_conventional(args: argparse.Namespace, cfg: dict) -> None:
     print(f"conventional: {json.dumps(stats)}", file=sys.stderr)
 
 
+RESERVED_MAPS = ("ground_truth", "conventional", "trivial")  # the maps `ulm render` names itself
+MAP_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+def parse_pred(item: str) -> tuple[str, Path]:
+    """``[NAME=]PATH`` of ``--pred``: (NAME, default ``network``; a plain file name, not a reserved one; PATH)."""
+    name, sep, path = str(item).rpartition("=")
+    name = name if sep else "network"
+    if not MAP_NAME.match(name) or name.endswith(".tmp") or name in RESERVED_MAPS:
+        raise UlmError(
+            f"--pred {item}: the map name {name!r} must be a plain name (letters, digits, . _ -) other than {list(RESERVED_MAPS)}"
+        )
+    return name, Path(path)
+
+
 def cmd_render(args: argparse.Namespace, cfg: dict) -> None:
     from ulm.render import render_all
 
-    preds = {}
-    for item in args.pred:
-        name, sep, path = item.rpartition("=")
-        preds[name if sep else "network"] = Path(path)
+    preds = dict(map(parse_pred, args.pred))
     with atomic_path(args.output) as folder:  # the whole folder replaces the previous one
         render_all(
             args.tracks,

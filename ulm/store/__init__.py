@@ -14,9 +14,7 @@ from ulm.store.base import (
     COMPRESSORS,
     STORE_KINDS,
     _chunk_digests,
-    check_output,
     find_damage,
-    resolved,
     store_digest,
     store_kind,
 )
@@ -47,6 +45,7 @@ from ulm.store.images import (
     write_density,
     write_iq_block,
 )
+from ulm.store.outputs import FILE_KINDS, check_apart, check_output, resolved
 from ulm.store.rows import (
     Localizations,
     LocalizationsWriter,
@@ -60,6 +59,7 @@ from ulm.store.rows import (
 
 __all__ = [
     "COMPRESSORS",
+    "FILE_KINDS",
     "DENSITY_ATTRS",
     "IQ_ATTRS",
     "STORE_KINDS",
@@ -80,6 +80,7 @@ __all__ = [
     "_chunk_digests",
     "_replace",
     "atomic_path",
+    "check_apart",
     "check_graph",
     "check_output",
     "find_damage",

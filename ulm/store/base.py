@@ -6,8 +6,7 @@ import contextlib
 import hashlib
 import itertools
 import json
-import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -191,84 +190,6 @@ def store_kind(path: str | Path) -> str | None:
         return next((k for k, arrays in layouts.items() if all(a in group for a in arrays)), None)
     except Exception:  # anything zarr cannot open is not one of ours
         return None
-
-
-def _is_checkpoint(path: Path) -> bool:
-    return zipfile.is_zipfile(path)  # torch.save's format
-
-
-def _starts_with(signature: bytes) -> Callable[[Path], bool]:
-    def check(path: Path) -> bool:
-        with open(path, "rb") as fh:
-            return fh.read(len(signature)) == signature
-
-    return check
-
-
-def _is_text(suffix: str) -> Callable[[Path], bool]:
-    def check(path: Path) -> bool:
-        if path.suffix.lower() != suffix:
-            return False
-        try:
-            text = path.read_bytes()[: 1 << 16].decode()
-        except UnicodeDecodeError:
-            return False
-        return "\0" not in text and (suffix != ".json" or text.lstrip()[:1] in ("{", ""))
-
-    return check
-
-
-# the files a stage writes: (what the refusal calls it, whether an existing file is one that may be replaced)
-FILE_KINDS: dict[str, tuple[str, Callable[[Path], bool]]] = {
-    "checkpoint": ("a torch checkpoint", _is_checkpoint),
-    "png": ("a PNG image", _starts_with(b"\x89PNG\r\n\x1a\n")),
-    "csv": ("a .csv table", _is_text(".csv")),
-    "json": ("a .json file", _is_text(".json")),
-}
-
-
-def resolved(path: str | Path) -> Path:
-    """``path`` made absolute with its links followed; one clear error for a link that loops."""
-    try:
-        return Path(path).resolve()
-    except (RuntimeError, OSError) as exc:  # Python raises RuntimeError for a symlink loop
-        raise UlmError(f"{path}: cannot be resolved ({' '.join(str(exc).split())})") from None
-
-
-def check_output(path: str | Path, kind: str, inputs: list[Path] = ()) -> None:
-    """Refuse an OUTPUT that would destroy what the stage did not write: an input (or a folder holding
-    one), an existing directory that is not a store of this ``kind``, or a non-regular file.
-
-    ``kind``: a store kind of :data:`STORE_KINDS`; ``density-folder`` (a folder of density stores and
-    PNGs); or a file kind of :data:`FILE_KINDS` (an existing file is replaced only when it is of that kind)."""
-    path = Path(path)
-    where = resolved(path)
-    for src in map(Path, inputs):
-        src = resolved(src)
-        if where == src or where in src.parents or src in where.parents:
-            raise UlmError(f"output {path}: is (or holds, or lies inside) the input {src}; choose another output path")
-    for parent in where.parents:
-        if parent.exists() and not parent.is_dir():
-            raise UlmError(f"output {path}: {parent} is a file, not a folder")
-    if not (path.exists() or path.is_symlink()):
-        return
-    if kind in FILE_KINDS:
-        ok = path.is_file() and FILE_KINDS[kind][1](path)
-    elif kind == "density-folder":
-        ok = path.is_dir() and all(_is_rendered(p) for p in path.iterdir())
-    else:
-        ok = store_kind(path) in ({kind, "sparse"} if kind in ("target", "pred") else {kind})  # older COO stores: no kind
-    if not ok:
-        what = (FILE_KINDS[kind][0] if path.is_file() else "a regular file") if kind in FILE_KINDS else f"a {kind} store"
-        what = "a folder written by `ulm render`" if kind == "density-folder" else what
-        raise UlmError(f"output {path}: exists and is not {what}; refusing to replace it (move it away or choose another path)")
-
-
-def _is_rendered(p: Path) -> bool:
-    """Whether ``p`` is something `ulm render` writes into its folder (or Snakemake's timestamp)."""
-    if p.name == ".snakemake_timestamp" or (p.suffix == ".png" and p.is_file()):
-        return True
-    return p.suffix == ".zarr" and store_kind(p) == "density"
 
 
 class _StreamingStore:

@@ -32,8 +32,12 @@ def transaction() -> Iterator[None]:
         if outer is not None:
             outer.extend(_staged)
         else:
-            for tmp, path in _staged:
-                _replace(tmp, path)
+            try:
+                for tmp, path in _staged:
+                    _replace(tmp, path)
+            finally:  # a move that failed (a full disk, a path that changed meanwhile) leaves no .tmp behind
+                for tmp, _ in _staged:
+                    remove_path(tmp)
     finally:
         _staged = outer
 
