@@ -155,8 +155,20 @@ def chain(tmp_path_factory) -> dict[str, Path]:
         ("run=a/b", ["config key run"]),
         ("preset=foo", ["config key preset", "unknown preset 'foo'", "tiny"]),
         ("graph.crop_um=[450, 150, 0, 100, 0, 100]", ["config key graph.crop_um", "x0 = 450 is not below x1 = 150"]),
+        ("bubbles.n_frames=100000000000000000000", ["config key bubbles.n_frames", "greater than the maximum"]),
     ],
-    ids=["nan", "minus-inf", "inf-in-list", "nan-in-overrides_3d", "run-dotdot", "run-escapes", "run-slash", "preset", "box"],
+    ids=[
+        "nan",
+        "minus-inf",
+        "inf-in-list",
+        "nan-in-overrides_3d",
+        "run-dotdot",
+        "run-escapes",
+        "run-slash",
+        "preset",
+        "box",
+        "huge",
+    ],
 )
 def test_bad_config_number_or_name_is_one_line(request, tmp_path, chain, override, needles):
     out = copy(chain["graph"], tmp_path)
@@ -222,6 +234,9 @@ def _mat(path: Path, **changes) -> Path:
             ["g.mat", "node 1 position is not finite"],
         ),
         (lambda p: _mat(p / "g.mat", nodeEdges=np.array([[1, 2], [2, 7]])), ["g.mat", "outside 1..3"]),
+        (lambda p: _mat(p / "g.mat", nodeEdges=np.array([[1, 2.5], [2, 3]])), ["g.mat", "whole node numbers"]),
+        (lambda p: _swc(p / "g.swc", 2, 0, "2"), ["g.swc", "node id 2 appears more than once"]),
+        (lambda p: (p / "g.swc").write_text("") or p / "g.swc", ["g.swc", "holds no nodes"]),
     ],
     ids=[
         "swc-nan-pos",
@@ -234,6 +249,9 @@ def _mat(path: Path, **changes) -> Path:
         "mat-nan-segdiam",
         "mat-nan-pos",
         "mat-edge-out-of-range",
+        "mat-edge-fraction",
+        "swc-duplicate-id",
+        "swc-empty",
     ],
 )
 def test_bad_graph_file_is_named(request, tmp_path, chain, make, needles):
@@ -254,6 +272,7 @@ def test_bad_graph_file_is_named(request, tmp_path, chain, make, needles):
         (lambda g: damage(g, "edges/index", (4, 0), -1), ["1 edges reference nodes outside 0.."]),
         (lambda g: replace(g, "edges/diam_um", np.full(7, 5.0)), ["edges but (7,) edge diameters"]),
         (lambda g: replace(g, "nodes/diam_um", np.full(7, 5.0)), ["node diameters must be"]),
+        (lambda g: damage(g, "edges/index", (0, 1), zarr.open_array(str(g / "edges/index"))[0, 0]), ["edge 0 joins node"]),
     ],
     ids=[
         "nan-node-diam",
@@ -264,6 +283,7 @@ def test_bad_graph_file_is_named(request, tmp_path, chain, make, needles):
         "edge-negative",
         "edge-diam-length",
         "node-diam-length",
+        "self-loop",
     ],
 )
 def test_bad_graph_store_is_named(request, tmp_path, chain, hurt, needles):
@@ -563,3 +583,56 @@ def test_metrics_on_a_folder_without_density_maps_is_refused(tmp_path, chain, fo
         assert code == 0, err
         density = density / "ground_truth.zarr"
     fails("metrics", chain["tracks"], density, tmp_path / "metrics.json", names=[str(density), "no density store"])
+
+
+def test_a_binary_config_file_or_a_bad_argument_is_one_line(tmp_path, chain):
+    config = tmp_path / "c.yaml"
+    config.write_bytes(b"\xff\xfe\x00")
+    out = tmp_path / "g.zarr"
+    fails("graph", "--config", config, "synthetic", out, names=["config file", "not a text file"], output=out)
+    fails("summary", tmp_path / "out.csv", names=["required: output", "--help"])
+
+
+@pytest.mark.parametrize(("name", "needle"), [("../graph", "'../graph'"), ("ground_truth", "'ground_truth'"), ("", "''")])
+def test_a_map_name_must_be_plain_and_not_reserved(tmp_path, chain, name, needle):
+    """A --pred name is a file name inside OUTPUT: never a path out of it, nor a map `ulm render` makes itself."""
+    out = tmp_path / "density"
+    pred = f"{name}={chain['sparse']}"
+    fails("render", "--pred", pred, chain["tracks"], chain["iq"], out, names=[needle, "plain name"], output=out)
+    assert not (tmp_path / "graph.zarr").exists()
+
+
+def test_a_checkpoint_with_non_finite_weights_is_refused(tmp_path, chain, cfg):
+    """A checkpoint of this network whose weights hold NaN is refused, not run into an empty prediction."""
+    import torch
+
+    from ulm.nn.checkpoint import ARCHITECTURE, build_net, spec_from_config
+
+    spec = spec_from_config({**cfg["train"], "width": 4}, 2)
+    weights = build_net(spec, torch.device("cpu")).state_dict()
+    next(t for t in weights.values() if t.is_floating_point()).fill_(float("nan"))
+    torch.save({"architecture": ARCHITECTURE, "spec": spec.as_dict(), "model": weights}, tmp_path / "model.pt")
+    out = tmp_path / "pred.zarr"
+    fails("infer", tmp_path / "model.pt", chain["sparse"], out, names=["non-finite", "weights"], output=out)
+
+
+def test_summary_and_claims_refuse_a_run_given_twice_and_nothing_to_score(tmp_path):
+    metrics = {"label": "2d/c3", "reference": "ground_truth", "dice": {"conventional": 0.5}}
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "metrics.json").write_text(json.dumps(metrics))
+    a, b = tmp_path / "a" / "metrics.json", tmp_path / "b" / "metrics.json"
+    for stage in ("summary", "claims"):
+        fails(stage, a, b, tmp_path / f"{stage}.csv", names=[str(b), "scores the run 2d/c3", str(a)])
+    a.write_text(json.dumps({**metrics, "dice": {}}))
+    fails("summary", a, tmp_path / "summary.csv", names=["no Dice score"])
+
+
+def test_a_trade_off_table_with_a_bad_cell_is_named(tmp_path):
+    metrics = tmp_path / "metrics.json"
+    metrics.write_text(json.dumps({"label": "2d/c3", "reference": "ground_truth", "dice": {"conventional": 0.5}}))
+    table = tmp_path / "2d" / "c3" / "sparse-threshold.csv"
+    table.parent.mkdir(parents=True)
+    table.write_text("configured,kept_fraction\nTrue,lots\n")
+    line = fails("claims", metrics, tmp_path / "claims.csv", "--kept", table)
+    assert "row 1, column kept_fraction: 'lots' is not float" in line

@@ -187,3 +187,47 @@ def test_a_symbolic_link_loop_is_named(chain, tmp_path):
     refused(ulm("flow", chain / "graph.zarr", tmp_path / "a"), "a: cannot be resolved", "loop")
     refused(ulm("flow", tmp_path / "a", tmp_path / "flow.zarr"), "a: cannot be resolved")
     assert (tmp_path / "a").is_symlink() and (tmp_path / "b").is_symlink()
+
+
+def test_an_output_inside_a_store_or_inside_another_output_is_refused(chain, tmp_path):
+    before = fingerprint(chain / "graph.zarr")
+    refused(ulm("flow", chain / "graph.zarr", chain / "flow.zarr" / "f.zarr"), "lies inside the store")
+    refused(ulm("flow", chain / "graph.zarr", tmp_path / "f.zarr", "--plot", chain / "graph.zarr" / "f.png"), "lies inside")
+    refused(
+        ulm("flow", chain / "graph.zarr", tmp_path / "f.zarr", "--plot", tmp_path / "f.zarr" / "p.png"), "lies inside the output"
+    )
+    assert fingerprint(chain / "graph.zarr") == before and not (tmp_path / "f.zarr").exists()
+
+
+def test_a_symbolic_link_as_output_is_refused(chain, tmp_path):
+    theirs = tmp_path / "theirs.zarr"
+    assert ulm("flow", chain / "graph.zarr", theirs).returncode == 0
+    before = fingerprint(theirs)
+    (tmp_path / "flow.zarr").symlink_to(theirs)
+    refused(ulm("flow", chain / "graph.zarr", tmp_path / "flow.zarr"), "symbolic link")
+    assert fingerprint(theirs) == before and not (tmp_path / "flow.zarr.tmp").exists()
+
+
+@pytest.mark.parametrize("side", [".tmp", ".old"])
+def test_a_users_folder_beside_the_output_is_not_wiped(chain, tmp_path, side):
+    """Replacing OUTPUT uses OUTPUT.tmp and OUTPUT.old: what a user keeps there is refused, not deleted."""
+    mine = tmp_path / f"flow.zarr{side}"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    refused(ulm("flow", chain / "graph.zarr", tmp_path / "flow.zarr"), f"flow.zarr{side} is in the way")
+    assert (mine / "notes.txt").read_text() == "mine"
+    refused(ulm("flow", mine, tmp_path / "flow.zarr"), "input")  # an input named OUTPUT.tmp is never deleted either
+    assert (mine / "notes.txt").read_text() == "mine"
+
+
+def test_a_store_is_replaced_only_by_a_store_of_its_kind_with_nothing_else_inside(chain, tmp_path):
+    out = tmp_path / "flow.zarr"
+    assert ulm("flow", chain / "graph.zarr", out).returncode == 0
+    (out / "README").write_text("what I found")
+    refused(ulm("flow", chain / "graph.zarr", out), "not a flow store (Zarr files only)")
+    assert (out / "README").read_text() == "what I found"
+
+
+def test_a_figure_must_be_a_png(chain, tmp_path):
+    refused(ulm("flow", chain / "graph.zarr", tmp_path / "f.zarr", "--plot", tmp_path / "f.txt"), "ending in .png")
+    assert not (tmp_path / "f.zarr").exists()

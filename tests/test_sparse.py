@@ -610,14 +610,13 @@ def test_missing_coo_store_is_named(tmp_path):
 
 def test_sparsify_cli_on_fewer_frames_than_a_block_fails_cleanly(tmp_path, capsys):
     iq = write_iq(tmp_path / "iq.zarr", random_iq(np.random.default_rng(10), (8, 4, 4)), iq_attrs(2))
-    out, plot = tmp_path / "sparse.zarr", tmp_path / "sparse.png"
+    out = tmp_path / "sparse.zarr"
     capsys.readouterr()
-    code = main(["sparsify", "--quiet", "--set", "sparse.block_frames=16", "--plot", str(plot), str(iq), str(out)])
+    code = main(["sparsify", "--quiet", "--set", "sparse.block_frames=16", str(iq), str(out)])
     lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert code == 2
     assert len(lines) == 1 and "8 frames" in lines[0] and "sparse.block_frames" in lines[0], lines
-    for p in (out, plot):
-        assert not p.exists() and not p.with_name(p.name + ".tmp").exists()
+    assert not out.exists() and not out.with_name(out.name + ".tmp").exists()
 
 
 def test_sparsify_cli_writes_a_monotone_trade_off_csv_and_a_png(tmp_path, capsys):

@@ -24,8 +24,16 @@ from ulm.store import STORE_KINDS, check_apart, check_output, find_damage, resol
 from ulm.store.lineage import common_lineage, record_lineage, stores_in
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """An argument error is one line (`ulm <stage>: error: ...`, exit status 2), like every other error;
+    ``--help`` still shows the usage."""
+
+    def error(self, message: str) -> None:
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see {self.prog} --help)\n")
+
+
 def parser() -> argparse.ArgumentParser:
-    top = argparse.ArgumentParser(prog="ulm", description="sparse-ulm pipeline stages")
+    top = _OneLineParser(prog="ulm", description="sparse-ulm pipeline stages")
     top.add_argument("--version", action="version", version=f"sparse-ulm {__version__}")
     sub = top.add_subparsers(dest="stage", required=True)
     for name, (_, positionals, text) in STAGES.items():

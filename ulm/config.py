@@ -186,6 +186,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> di
             cfg = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as exc:
             raise UlmError(f"config file {path}: not valid YAML ({exc})") from None
+        except UnicodeDecodeError:
+            raise UlmError(f"config file {path}: not a text file (not UTF-8)") from None
         if not isinstance(cfg, dict):
             raise UlmError(f"config file {path}: must be a mapping of sections, got {type(cfg).__name__}")
     cfg = apply_overrides(cfg, list(overrides))

@@ -4,6 +4,7 @@ and the jackknife confidence interval of a statistic from its leave-one-out repl
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -28,6 +29,30 @@ def read_json_object(path: str | Path, what: str, required: tuple[str, ...] = ()
     if missing:
         raise UlmError(f"{what} {path}: missing key(s) {missing}")
     return data
+
+
+def read_table(path: str | Path, what: str, columns: dict[str, type]) -> list[dict]:
+    """The rows of a CSV table with a header holding ``columns`` (name -> float, int or str), each value
+    converted (float: NaN allowed); else one UlmError naming ``what``, ``path`` and the row or column."""
+    path = Path(path)
+    if not path.is_file():
+        raise UlmError(f"{what} {path}: not found")
+    try:
+        with open(path, newline="") as fh:
+            rows = list(csv.DictReader(fh))
+            header = rows[0].keys() if rows else []
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise UlmError(f"{what} {path}: not a CSV text table ({type(exc).__name__})") from None
+    missing = [c for c in columns if c not in header]
+    if missing:
+        raise UlmError(f"{what} {path}: missing column(s) {missing}" + ("" if rows else " (no rows)"))
+    for i, row in enumerate(rows, start=1):
+        for name, kind in columns.items():
+            try:
+                row[name] = kind(row[name])
+            except (TypeError, ValueError):
+                raise UlmError(f"{what} {path}: row {i}, column {name}: {row[name]!r} is not {kind.__name__}") from None
+    return rows
 
 
 def _is_number(value, finite: bool = True) -> bool:

@@ -11,14 +11,13 @@ see ``train.ablations``).
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 from matplotlib.figure import Figure
 
 from ulm.config import ABLATIONS, network_map_name, parse_network_map_name
 from ulm.errors import UlmError
-from ulm.results import jackknife_interval, read_metrics_file
+from ulm.results import jackknife_interval, read_metrics_file, read_table
 from ulm.store import save_figure, write_csv
 
 ABLATION_CHANGE = {"full": "as configured"} | {
@@ -62,7 +61,10 @@ def read_metrics(paths: list[str | Path], runs: list[dict] | None = None) -> lis
         m = read_metrics_file(path, ("reference",))
         dims, conc = run.get("dims"), run.get("concentration")
         label = f"{dims}d/c{conc}" if dims is not None and conc is not None else m.get("label") or str(path.parent)
-        out.append({**m, "label": label, "dims": dims, "concentration": conc})
+        twice = next((o for o in out if o["label"] == label), None)
+        if twice is not None:  # the same run twice would be counted twice
+            raise UlmError(f"metrics file {path}: scores the run {label} that {twice['path']} scores too")
+        out.append({**m, "label": label, "dims": dims, "concentration": conc, "path": path})
     return out
 
 
@@ -101,6 +103,8 @@ def summary_table(metrics_paths: list[str | Path], out_csv: str | Path, runs: li
         "jaccard",
         "rmse_um",
     ]
+    if not rows:
+        raise UlmError(f"summary: no Dice score in {len(metrics_paths)} metrics file(s) (did `ulm metrics` find density maps?)")
     write_csv(out_csv, rows, fields)
     return rows
 
@@ -119,11 +123,10 @@ def training_costs(train_metrics: list[str | Path], train_runs: list[dict]) -> d
     for path, run in zip(map(Path, train_metrics), train_runs, strict=True):
         if not {"dims", "variant"} <= set(run):
             raise UlmError(f"training log {path}: expected its dims and variant (--train-run dims=D variant=V)")
-        with open(path, newline="") as fh:
-            epochs = list(csv.DictReader(fh))
-        dice = [float(e["val_dice"]) for e in epochs if float(e["val_dice"]) == float(e["val_dice"])]  # NaN: cascaded stage
+        epochs = read_table(path, "training log", {"val_dice": float, "seconds": float})
+        dice = [e["val_dice"] for e in epochs if e["val_dice"] == e["val_dice"]]  # NaN: cascaded stage
         costs[run["dims"], run["variant"]] = {
-            "train_seconds": round(sum(float(e["seconds"]) for e in epochs), 1),
+            "train_seconds": round(sum(e["seconds"] for e in epochs), 1),
             "best_val_dice": max(dice, default=float("nan")),
         }
     return costs
@@ -175,6 +178,8 @@ def ablation_table(
                 }
             )
     fields = ["dims", "concentration", "variant", "change", "dice", "dice_minus_full", "train_seconds", "best_val_dice"]
+    if not rows:
+        raise UlmError(f"summary: no Dice score in {len(metrics_paths)} metrics file(s) (did `ulm metrics` find density maps?)")
     write_csv(out_csv, rows, fields)
     return rows
 
@@ -224,12 +229,9 @@ def read_tradeoff(csv_paths: list[str | Path]) -> list[dict]:
     parsed from its folder ``<dims>d/c<concentration>``."""
     rows = []
     for path in map(Path, csv_paths):
-        if not path.is_file():
-            raise UlmError(f"trade-off table {path}: not found")
         dims, conc = path.parent.parent.name, path.parent.name
-        with open(path, newline="") as fh:
-            for row in csv.DictReader(fh):
-                rows.append({**row, "dims": dims, "concentration": conc})
+        columns = {"method": str, "configured": str, "kept_fraction": float, "mb_fraction": float}
+        rows += [{**row, "dims": dims, "concentration": conc} for row in read_table(path, "trade-off table", columns)]
     return rows
 
 

@@ -6,6 +6,7 @@ cortical surface. Edge vessel types are one of ``artery``, ``capillary``, ``vein
 
 from __future__ import annotations
 
+import warnings
 from importlib import resources
 from pathlib import Path
 
@@ -73,7 +74,10 @@ def read_mat(path: str | Path) -> Graph:
         raise UlmError(f"graph file {path}: struct 'im2' lacks field(s) {missing}")
     pos = np.atleast_2d(np.asarray(im2.nodePos_um, dtype=np.float64))
     node_diam = np.atleast_1d(np.asarray(im2.nodeDiam, dtype=np.float64))
-    edges = np.atleast_2d(np.asarray(im2.nodeEdges, dtype=np.int64)) - 1
+    raw_edges = np.atleast_2d(np.asarray(im2.nodeEdges, dtype=np.float64))
+    if not np.all(np.isfinite(raw_edges) & (raw_edges == np.round(raw_edges))):
+        raise UlmError(f"graph file {path}: nodeEdges must hold whole node numbers (1-based), got non-integer values")
+    edges = raw_edges.astype(np.int64) - 1
     if pos.ndim != 2 or pos.shape[1] != 3 or node_diam.shape != (len(pos),) or edges.shape[1:] != (2,):
         shapes = f"{pos.shape}, {node_diam.shape}, {edges.shape}"
         raise UlmError(f"graph file {path}: nodePos_um must be (N,3), nodeDiam (N,), nodeEdges (E,2); got {shapes}")
@@ -97,13 +101,21 @@ def read_mat(path: str | Path) -> Graph:
 def read_swc(path: str | Path, swc_types: dict | None = None) -> Graph:
     """Read an SWC file: ``id type x y z radius parent`` (um); edges join each node to its parent."""
     try:
-        rows = np.loadtxt(path, comments="#", ndmin=2)
+        with warnings.catch_warnings():  # an empty file: numpy warns, the check below says it in one line
+            warnings.simplefilter("ignore", UserWarning)
+            rows = np.loadtxt(path, comments="#", ndmin=2)
     except ValueError as exc:
         raise UlmError(f"graph file {path}: not a valid SWC table ({exc})") from None
-    if rows.shape[1] != 7 or len(rows) == 0:
+    if rows.size == 0:
+        raise UlmError(f"graph file {path}: SWC table holds no nodes")
+    if rows.shape[1] != 7:
         raise UlmError(f"graph file {path}: SWC needs 7 columns (id type x y z radius parent), got {rows.shape}")
     ids = rows[:, 0].astype(np.int64)
     index = {i: k for k, i in enumerate(ids)}
+    if len(index) != len(ids):
+        uniq, counts = np.unique(ids, return_counts=True)
+        twice = int(uniq[counts > 1][0])
+        raise UlmError(f"graph file {path}: SWC node id {twice} appears more than once")
     child = np.flatnonzero(rows[:, 6] >= 0)
     try:
         parent = np.array([index[int(p)] for p in rows[child, 6]], dtype=np.int64)

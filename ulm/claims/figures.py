@@ -11,7 +11,8 @@ from matplotlib.figure import Figure
 
 from ulm.claims.verdicts import CONVENTIONAL, SPARSE, TRIVIAL, dice_vs_kept
 from ulm.config import ABLATIONS, network_map_name
-from ulm.results import jackknife_interval
+from ulm.errors import UlmError
+from ulm.results import jackknife_interval, read_table
 from ulm.store import read_density, save_figure
 
 MARKERS = {"threshold": "o", "topk": "s", "learned": "^"}
@@ -103,6 +104,8 @@ def plot_maps(density_dirs: dict[tuple[int, int], Path], path: str | Path, gamma
     columns = ["ground_truth", CONVENTIONAL, SPARSE, network_map_name("dense"), TRIVIAL]
     keys = sorted(density_dirs)
     present = [c for c in columns if any((density_dirs[k] / f"{c}.zarr").exists() for k in keys)]
+    if not present:
+        raise UlmError("claims --maps-plot needs density/ folders written by `ulm render` (--density)")
     fig = Figure(figsize=(3.2 * len(present), 3.0 * len(keys)), layout="constrained")
     axes = fig.subplots(len(keys), len(present), squeeze=False)
     for i, key in enumerate(keys):
@@ -126,18 +129,17 @@ def plot_maps(density_dirs: dict[tuple[int, int], Path], path: str | Path, gamma
 def plot_learning(train_metrics: list[str | Path], path: str | Path) -> None:
     """Validation Dice per epoch of every network (epoch 0: untrained), its trivial predictor on the same
     validation blocks dashed, one panel per dimensionality (folders ``<d>d/net-<model>-<input>-<variant>``)."""
-    import csv
-
+    if not train_metrics:
+        raise UlmError("claims --learning-plot needs the networks' training logs (--train-metrics)")
     curves: dict[str, list[tuple[str, list[dict]]]] = {}
     for p in map(Path, train_metrics):
-        with open(p, newline="") as fh:
-            curves.setdefault(p.parent.parent.name, []).append((p.parent.name.removeprefix("net-"), list(csv.DictReader(fh))))
+        rows = read_table(p, "training log", {"epoch": int, "val_dice": float})
+        curves.setdefault(p.parent.parent.name, []).append((p.parent.name.removeprefix("net-"), rows))
     fig = Figure(figsize=(6.4 * len(curves), 4.4), layout="constrained")
     axes = fig.subplots(1, len(curves), squeeze=False)
     for ax, (dims, nets) in zip(axes[0], sorted(curves.items()), strict=True):
         for i, (name, rows) in enumerate(sorted(nets)):
-            epochs = [int(r["epoch"]) for r in rows]
-            ax.plot(epochs, [float(r["val_dice"]) for r in rows], "-", color=f"C{i % 10}", label=name)
+            ax.plot([r["epoch"] for r in rows], [r["val_dice"] for r in rows], "-", color=f"C{i % 10}", label=name)
             if rows and rows[0].get("trivial_val_dice"):
                 ax.axhline(float(rows[0]["trivial_val_dice"]), ls="--", lw=0.8, color=f"C{i % 10}")
         ax.set(

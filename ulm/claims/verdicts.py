@@ -18,7 +18,6 @@ the methods it compares, so that a network that paints a blob is seen for what i
 
 from __future__ import annotations
 
-import csv
 import math
 import re
 from pathlib import Path
@@ -27,7 +26,7 @@ import numpy as np
 
 from ulm.config import ABLATIONS, network_map_name, parse_network_map_name
 from ulm.errors import UlmError
-from ulm.results import jackknife_interval, read_json_object, read_metrics_file
+from ulm.results import jackknife_interval, read_json_object, read_metrics_file, read_table
 from ulm.store import write_csv
 
 SPARSE, DENSE, CONVENTIONAL, TRIVIAL = network_map_name("sparse"), network_map_name("dense"), "conventional", "trivial"
@@ -81,7 +80,10 @@ def read_runs(paths: list[str | Path]) -> dict[tuple[int, int], dict]:
             raise UlmError(f"metrics file {path}: label {m.get('label')!r} is not <dims>d/c<concentration>")
         if "dice" not in m:
             raise UlmError(f"metrics file {path}: missing key(s) ['dice'] (scores of the density maps)")
-        runs[int(match[1]), int(match[2])] = m
+        key = int(match[1]), int(match[2])
+        if key in runs:
+            raise UlmError(f"metrics file {path}: scores the run {m['label']} that {runs[key]['path']} scores too")
+        runs[key] = {**m, "path": str(path)}
     return runs
 
 
@@ -310,6 +312,8 @@ def write_claims(rows: list[dict], path: str | Path) -> None:
     def fmt(v):
         return f"{v:.4g}" if isinstance(v, float) else ("" if v is None else v)
 
+    if not rows:
+        raise UlmError("claims: no claim can be checked from these metrics files (each needs the maps it compares)")
     columns = COLUMNS + ["distance"]
     write_csv(path, ({k: fmt(r.get(k)) for k in columns} for r in rows), columns, extrasaction="ignore")
 
@@ -322,10 +326,10 @@ def read_kept(csv_paths: list[str | Path]) -> dict[tuple[int, int, str], float]:
         match = re.match(r"^([23])d$", path.parent.parent.name), re.match(r"^c(\d+)$", path.parent.name)
         if not all(match) or not path.name.startswith("sparse-"):
             raise UlmError(f"trade-off table {path}: expected .../<d>d/c<c>/sparse-<input>.csv")
-        with open(path, newline="") as fh:
-            configured = [r for r in csv.DictReader(fh) if r["configured"] == "True"]
+        rows = read_table(path, "trade-off table", {"configured": str, "kept_fraction": float})
+        configured = [r for r in rows if r["configured"] == "True"]
         if configured:
-            kept[int(match[0][1]), int(match[1][1]), path.stem.removeprefix("sparse-")] = float(configured[0]["kept_fraction"])
+            kept[int(match[0][1]), int(match[1][1]), path.stem.removeprefix("sparse-")] = configured[0]["kept_fraction"]
     return kept
 
 

@@ -63,6 +63,11 @@ def load_checkpoint(path: str | Path, device: torch.device) -> tuple[ULMNet, dic
     if not isinstance(ckpt, dict) or ckpt.get("architecture") != ARCHITECTURE:
         found = ckpt.get("architecture", "an older network") if isinstance(ckpt, dict) else type(ckpt).__name__
         raise UlmError(f"checkpoint {path}: made for {found}, not this network ({ARCHITECTURE}); retrain it with `ulm train`")
+    weights = ckpt.get("model")
+    if isinstance(weights, dict) and any(
+        torch.is_tensor(t) and t.is_floating_point() and not bool(torch.isfinite(t).all()) for t in weights.values()
+    ):
+        raise UlmError(f"checkpoint {path}: holds non-finite (NaN or inf) weights; retrain it with `ulm train`")
     try:
         net = build_net(NetSpec(**ckpt["spec"]), device)
         net.load_state_dict(ckpt["model"])

@@ -117,6 +117,10 @@ def read_graph(path: str | Path) -> Graph:
         attrs=g.attrs.asdict(),
     )
     check_graph(graph, f"graph store {path}")
+    loops = np.flatnonzero(graph.edges[:, 0] == graph.edges[:, 1])
+    if len(loops):  # `ulm graph` removes them: a store that has one was altered
+        i = int(loops[0])
+        raise UlmError(f"graph store {path}: edge {i} joins node {int(graph.edges[i, 0])} to itself; rerun `ulm graph`")
     return graph
 
 

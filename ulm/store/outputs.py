@@ -121,6 +121,8 @@ def check_output(path: str | Path, kind: str, inputs: list[Path] = ()) -> None:
     for side in sides:
         if (side.exists() or side.is_symlink()) and (side.is_symlink() or not _is_ours(side, kind, leftover=True)):
             raise UlmError(f"output {path}: {side} is in the way and is not left from a run of this stage; move it away")
+    if kind == "png" and path.suffix.lower() != ".png":
+        raise UlmError(f"output {path}: a figure is written as PNG; give a path ending in .png")
 
 
 def check_apart(paths: list[Path]) -> None:

@@ -141,6 +141,8 @@ def read_tracks(path: str | Path) -> Tracks:
         raise UlmError(f"tracks store {path}: frame and bubble must be ({m},), got {tracks.frame.shape}, {tracks.bubble.shape}")
     if off.ndim != 1 or len(off) < 1 or off[0] != 0 or np.any(np.diff(off) < 0) or off[-1] != m:
         raise UlmError(f"tracks store {path}: frame_offsets must rise from 0 to the {m} rows of pos_um")
+    if not np.array_equal(tracks.frame, np.repeat(np.arange(len(off) - 1), np.diff(off))):
+        raise UlmError(f"tracks store {path}: the frame column does not match frame_offsets (damaged store)")
     _check_rows_finite(f"tracks store {path}", tracks.pos_um, off)
     _check_rows_finite(f"tracks store {path}", tracks.vel_mm_s, off, what="velocities")
     return tracks
@@ -265,6 +267,9 @@ def read_localizations(path: str | Path) -> Localizations:
         problems.append(f"frame and track must be (M,) integers with M = {len(pos)}, got {frame.shape}, {track.shape}")
     elif len(off) < 1 or off[0] != 0 or np.any(np.diff(off) < 0) or off[-1] != len(pos):
         problems.append(f"frame_offsets must rise from 0 to the {len(pos)} rows of pos_um")
+    elif not np.array_equal(frame, np.repeat(np.arange(len(off) - 1), np.diff(off))):
+        row = int(np.flatnonzero(frame != np.repeat(np.arange(len(off) - 1), np.diff(off)))[0])
+        problems.append(f"row {row} says frame {int(frame[row])} but frame_offsets put it in another frame")
     if "frame_rate_hz" not in attrs:
         problems.append("missing attr frame_rate_hz")
     if problems:
