@@ -228,6 +228,10 @@ def test_a_store_is_replaced_only_by_a_store_of_its_kind_with_nothing_else_insid
     assert (out / "README").read_text() == "what I found"
 
 
+def test_the_root_folder_is_never_an_output(chain):
+    refused(ulm("graph", *SMALL, "synthetic", "/"), "root folder")
+
+
 def test_a_figure_must_be_a_png(chain, tmp_path):
     refused(ulm("flow", chain / "graph.zarr", tmp_path / "f.zarr", "--plot", tmp_path / "f.txt"), "ending in .png")
     assert not (tmp_path / "f.zarr").exists()

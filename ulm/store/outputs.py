@@ -105,6 +105,8 @@ def check_output(path: str | Path, kind: str, inputs: list[Path] = ()) -> None:
     if path.is_symlink():
         raise UlmError(f"output {path}: is a symbolic link; give the path it points to")
     where = resolved(path)
+    if not where.name:
+        raise UlmError(f"output {path}: is the root folder; give a path for the output")
     sides = [where.with_name(where.name + s) for s in SIDE_SUFFIXES]
     for src in map(resolved, inputs):
         for spot in (where, *sides):
