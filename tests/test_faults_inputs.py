@@ -273,6 +273,7 @@ def test_bad_graph_file_is_named(request, tmp_path, chain, make, needles):
         (lambda g: replace(g, "edges/diam_um", np.full(7, 5.0)), ["edges but (7,) edge diameters"]),
         (lambda g: replace(g, "nodes/diam_um", np.full(7, 5.0)), ["node diameters must be"]),
         (lambda g: damage(g, "edges/index", (0, 1), zarr.open_array(str(g / "edges/index"))[0, 0]), ["edge 0 joins node"]),
+        (lambda g: damage(g, "edges/length_um", 2, -1.0), ["edges/length_um does not match the node positions"]),
     ],
     ids=[
         "nan-node-diam",
@@ -284,6 +285,7 @@ def test_bad_graph_file_is_named(request, tmp_path, chain, make, needles):
         "edge-diam-length",
         "node-diam-length",
         "self-loop",
+        "edge-length",
     ],
 )
 def test_bad_graph_store_is_named(request, tmp_path, chain, hurt, needles):

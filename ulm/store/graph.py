@@ -121,6 +121,9 @@ def read_graph(path: str | Path) -> Graph:
     if len(loops):  # `ulm graph` removes them: a store that has one was altered
         i = int(loops[0])
         raise UlmError(f"graph store {path}: edge {i} joins node {int(graph.edges[i, 0])} to itself; rerun `ulm graph`")
+    stored = g["edges/length_um"][:]
+    if stored.shape != (len(graph.edges),) or not np.allclose(stored, graph.length_um, rtol=1e-4, atol=1e-3):
+        raise UlmError(f"graph store {path}: edges/length_um does not match the node positions (damaged; rerun `ulm graph`)")
     return graph
 
 
