@@ -13,7 +13,7 @@ microbubbles -> PSF-mode forward model with the default probe, noise and pixel s
   threshold selection alone (read + ``sparsify_block``, nothing written: the store's share);
 * serving: blocks per second of ``SparseBlocks`` through a torch DataLoader with ``collate_sparse``
   (num_workers 0 and 2, batch 1 and 4), and of ``DenseBlocks`` (default collate) on the same blocks;
-* size: compression = bytes of iq.zarr / bytes of sparse.zarr on disk (``ulm.sparse.store_bytes``),
+* size: compression = chunk bytes of iq.zarr / chunk bytes of sparse.zarr on disk (``ulm.sparse.store_bytes``),
   the kept fraction of sites and the mean bytes of one block as tensors (sparse vs dense).
 
 With --json the last line is one JSON object. Headline keys (threshold method): ``frames_per_s``,

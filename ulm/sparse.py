@@ -173,5 +173,7 @@ def _learned_mask(cfg: dict):
 
 
 def store_bytes(path: str | Path) -> int:
-    """Bytes on disk of a store directory."""
-    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
+    """Bytes on disk of a store's array data: its chunk files (the ``c/`` folders), without the metadata,
+    whose attrs (lineage, version) change after the data is written."""
+    root = Path(path)
+    return sum(f.stat().st_size for f in root.rglob("*") if f.is_file() and "c" in f.relative_to(root).parts[:-1])
