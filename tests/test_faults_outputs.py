@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -235,3 +236,12 @@ def test_the_root_folder_is_never_an_output(chain):
 def test_a_figure_must_be_a_png(chain, tmp_path):
     refused(ulm("flow", chain / "graph.zarr", tmp_path / "f.zarr", "--plot", tmp_path / "f.txt"), "ending in .png")
     assert not (tmp_path / "f.zarr").exists()
+
+
+def test_a_leftover_of_a_killed_run_is_cleared(chain, tmp_path):
+    """What a SIGKILL leaves beside OUTPUT (a store cut before or after its header) is this stage's: cleared."""
+    (tmp_path / "a.zarr.tmp" / "edges").mkdir(parents=True)
+    assert ulm("flow", chain / "graph.zarr", tmp_path / "a.zarr").returncode == 0
+    shutil.copytree(tmp_path / "a.zarr", tmp_path / "b.zarr.tmp")
+    assert ulm("flow", chain / "graph.zarr", tmp_path / "b.zarr").returncode == 0
+    assert not (tmp_path / "a.zarr.tmp").exists() and not (tmp_path / "b.zarr.tmp").exists()

@@ -76,6 +76,8 @@ def _is_ours(path: Path, kind: str, leftover: bool = False) -> bool:
         return path.is_file() and (path.stat().st_size == 0 and leftover or FILE_KINDS[kind][2 if leftover else 1](path))
     if kind == "density-folder":
         return path.is_dir() and all(_is_rendered(p, leftover) for p in path.iterdir())
+    if leftover and path.is_dir() and not (path / "zarr.json").exists():
+        return _only_zarr_files(path)  # a store stopped before its header was written (or empty)
     return path.is_dir() and store_kind(path) == kind and _only_zarr_files(path)
 
 
@@ -84,7 +86,7 @@ def _is_rendered(p: Path, leftover: bool) -> bool:
     name = p.name.removesuffix(".tmp") if leftover else p.name
     if p.name == ".snakemake_timestamp" or (name.endswith(".png") and p.is_file()):
         return True
-    return name.endswith(".zarr") and _is_ours(p, "density")
+    return name.endswith(".zarr") and _is_ours(p, "density", leftover)
 
 
 def _describe(path: Path, kind: str) -> str:
