@@ -178,8 +178,6 @@ def ablation_table(
                 }
             )
     fields = ["dims", "concentration", "variant", "change", "dice", "dice_minus_full", "train_seconds", "best_val_dice"]
-    if not rows:
-        raise UlmError(f"summary: no Dice score in {len(metrics_paths)} metrics file(s) (did `ulm metrics` find density maps?)")
     write_csv(out_csv, rows, fields)
     return rows
 
@@ -208,9 +206,8 @@ def plot_dice_vs_concentration(metrics_paths: list[str | Path], path: str | Path
                 [p[0] for p in points],
                 [p[1] for p in points],
                 yerr=[p[2] for p in points],
-                fmt="o-",
+                fmt="o:" if method == "trivial" else "o-",
                 capsize=3,
-                ls=":" if method == "trivial" else "-",
                 label=method.replace("_", " "),
             )
         ax.set(
