@@ -220,9 +220,10 @@ def _input_lineage(args: argparse.Namespace) -> dict[str, str] | None:
 
 def _check_outputs(args: argparse.Namespace) -> None:
     """Refuse outputs that would destroy an input or something the stage did not write (before any work)."""
-    check_apart([path for path, _ in outputs(args)])
-    for path, kind in outputs(args):
-        check_output(path, kind, inputs(args))
+    written, read = outputs(args), inputs(args)
+    check_apart([path for path, _ in written])
+    for path, kind in written:
+        check_output(path, kind, read)
 
 
 def _terminate(signum, frame) -> None:
